@@ -1,0 +1,108 @@
+"""Numba quantization kernels, one module per family, imported lazily per type.
+
+Contract of a family module (``floats``, ``legacy``, ``kquants``): for every type it
+serves, with ``t`` the lower-case type name (``q4_k``), it defines two
+``@njit(cache=True, nogil=True)`` functions, each single-threaded over a chunk of rows:
+
+- ``quantize_<t>(x, qw, out)``: ``x`` float32 C-contiguous ``(nrows, n_per_row)``;
+  ``qw`` float32 importance weights of length ``n_per_row``, or length 0 for none;
+  ``out`` uint8 ``(nrows, row_bytes)``, filled with the GGUF block bytes.
+- ``dequantize_<t>(q, out)``: ``q`` uint8 ``(nrows, row_bytes)``; ``out`` float32
+  ``(nrows, n_per_row)``.
+
+Threads run chunks of rows through these (they release the GIL), so progress and
+cancel stay responsive; see :meth:`Kernel.quantize`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import PlanError, UnsupportedError
+from ..qtypes import KERNEL_FAMILY, TypeInfo, parse_type, type_info
+
+_EMPTY_QW = np.zeros(0, dtype=np.float32)
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class Kernel:
+    """Quantize/dequantize pair of one GGUF type, with its block geometry."""
+
+    def __init__(self, info: TypeInfo, quantize_fn, dequantize_fn):
+        self.info = info
+        self.qtype = info.qtype
+        self.name = info.name
+        self.block_size = info.block_size
+        self.type_size = info.type_size
+        self._q = quantize_fn
+        self._dq = dequantize_fn
+
+    def row_bytes(self, n_per_row: int) -> int:
+        return self.info.row_bytes(n_per_row)
+
+    # -- single chunk (called from worker threads) -------------------------------------
+    def quantize_into(self, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None = None) -> None:
+        qw = _EMPTY_QW if imatrix is None else imatrix
+        self._q(x, qw, out)
+
+    def dequantize_into(self, q: np.ndarray, out: np.ndarray) -> None:
+        self._dq(q, out)
+
+    # -- whole arrays, rows split over threads -----------------------------------------
+    def quantize(self, x: np.ndarray, imatrix: np.ndarray | None = None, threads: int = 1,
+                 chunk_rows: int | None = None) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        x2 = x.reshape(-1, x.shape[-1])
+        n_per_row = x2.shape[1]
+        rb = self.row_bytes(n_per_row)
+        if imatrix is not None:
+            imatrix = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+            if imatrix.shape[0] != n_per_row:
+                raise PlanError(f"importance weights have {imatrix.shape[0]} values, rows have {n_per_row}")
+        out = np.empty((x2.shape[0], rb), dtype=np.uint8)
+        self._run(lambda a, b: self.quantize_into(x2[a:b], out[a:b], imatrix), x2.shape[0], threads, chunk_rows)
+        return out.reshape(x.shape[:-1] + (rb,))
+
+    def dequantize(self, q: np.ndarray, n_per_row: int, threads: int = 1) -> np.ndarray:
+        q = np.ascontiguousarray(q, dtype=np.uint8)
+        rb = self.row_bytes(n_per_row)
+        q2 = q.reshape(-1, rb)
+        out = np.empty((q2.shape[0], n_per_row), dtype=np.float32)
+        self._run(lambda a, b: self.dequantize_into(q2[a:b], out[a:b]), q2.shape[0], threads, None)
+        return out.reshape(q.shape[:-1] + (n_per_row,)) if q.ndim > 1 else out.reshape(-1)
+
+    @staticmethod
+    def _run(fn, nrows: int, threads: int, chunk_rows: int | None) -> None:
+        threads = max(1, int(threads))
+        if threads == 1 or nrows < 2:
+            fn(0, nrows)
+            return
+        chunk = chunk_rows or max(1, -(-nrows // (threads * 4)))
+        bounds = [(a, min(a + chunk, nrows)) for a in range(0, nrows, chunk)]
+        with ThreadPoolExecutor(threads) as ex:
+            for f in [ex.submit(fn, a, b) for a, b in bounds]:
+                f.result()
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name})"
+
+
+@lru_cache(maxsize=None)
+def get_kernel(t) -> Kernel:
+    """The kernel of a type (name, id or GGMLQuantizationType); imports its family lazily."""
+    qt = parse_type(t)
+    family = KERNEL_FAMILY.get(qt)
+    if family is None:
+        raise UnsupportedError(f"type {qt.name} cannot be written by Quant Studio yet")
+    mod = importlib.import_module(f"{__name__}.{family}")
+    lname = qt.name.lower()
+    return Kernel(type_info(qt), getattr(mod, f"quantize_{lname}"), getattr(mod, f"dequantize_{lname}"))

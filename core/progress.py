@@ -1,0 +1,97 @@
+"""Progress events and cancel tokens shared by every long core API.
+
+A long operation takes ``progress`` (a callable receiving :class:`Progress`) and
+``cancel`` (a :class:`CancelToken`). The CLI's progress bar and the GUI's progress
+bar are two views of the same events.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .errors import Cancelled
+
+
+class CancelToken:
+    """Thread-safe cancel flag, checked between chunks of work."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if cancellation was requested."""
+        if self._event.is_set():
+            raise Cancelled()
+
+
+@dataclass
+class Progress:
+    """One progress event. ``done``/``total`` count work units (weights for a quantize job)."""
+
+    done: int
+    total: int
+    stage: str = ""
+    item: str = ""          # e.g. the tensor being processed
+    item_done: int = 0
+    item_total: int = 0
+    elapsed: float = 0.0
+    message: str = ""       # a log line, when there is one
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+    @property
+    def eta(self) -> Optional[float]:
+        """Seconds left, from the average rate so far; None until there is a rate."""
+        if self.done <= 0 or self.elapsed <= 0 or self.total <= 0:
+            return None
+        return max(0.0, self.elapsed * (self.total - self.done) / self.done)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def no_progress(_: Progress) -> None:
+    pass
+
+
+@dataclass
+class ProgressTracker:
+    """Helper that stamps elapsed time on events and forwards them to a callback."""
+
+    callback: ProgressCallback = no_progress
+    total: int = 0
+    stage: str = ""
+    done: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def advance(self, n: int, item: str = "", item_done: int = 0, item_total: int = 0,
+                message: str = "") -> None:
+        with self._lock:
+            self.done += n
+            ev = Progress(self.done, self.total, self.stage, item, item_done, item_total,
+                          time.perf_counter() - self.start, message)
+        self.callback(ev)
+
+    def log(self, message: str) -> None:
+        self.advance(0, message=message)
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"

@@ -1,0 +1,109 @@
+"""GGUF tensor types: names, block geometry and which ones Quant Studio can write.
+
+Everything here derives from ``gguf.constants`` (GGMLQuantizationType,
+GGML_QUANT_SIZES); nothing is re-typed. Names are llama.cpp's (``Q4_K``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .errors import PlanError
+
+T = GGMLQuantizationType
+
+# Type -> kernel family module (core.kernels.<family>). Only these can be written.
+KERNEL_FAMILY: dict[GGMLQuantizationType, str] = {
+    T.F32: "floats", T.F16: "floats", T.BF16: "floats",
+    T.Q8_0: "legacy", T.Q4_0: "legacy", T.Q4_1: "legacy", T.Q5_0: "legacy", T.Q5_1: "legacy",
+    T.Q2_K: "kquants", T.Q3_K: "kquants", T.Q4_K: "kquants", T.Q5_K: "kquants", T.Q6_K: "kquants",
+}
+
+# Types that are intermediate-only in llama.cpp and never offered for weights.
+INTERMEDIATE_ONLY = {T.Q8_K}
+
+FLOAT_TYPES = {T.F32, T.F16, T.BF16, T.F64}
+
+# Short explanations shown as tooltips / in `--help` tables.
+DESCRIPTIONS: dict[GGMLQuantizationType, str] = {
+    T.F32: "32-bit float, lossless",
+    T.F16: "16-bit IEEE half float",
+    T.BF16: "bfloat16: float32's range, 8-bit mantissa",
+    T.Q8_0: "8-bit, blocks of 32 with one fp16 scale (8.5 bpw)",
+    T.Q4_0: "4-bit, blocks of 32 with one fp16 scale, symmetric (4.5 bpw)",
+    T.Q4_1: "4-bit, blocks of 32 with fp16 scale and minimum (5.0 bpw)",
+    T.Q5_0: "5-bit, blocks of 32 with one fp16 scale, symmetric (5.5 bpw)",
+    T.Q5_1: "5-bit, blocks of 32 with fp16 scale and minimum (6.0 bpw)",
+    T.Q2_K: "2-bit K-quant, super-blocks of 256, 4-bit sub-block scales/mins (2.625 bpw)",
+    T.Q3_K: "3-bit K-quant, super-blocks of 256, 6-bit sub-block scales (3.4375 bpw)",
+    T.Q4_K: "4-bit K-quant, super-blocks of 256, 6-bit scales and mins (4.5 bpw)",
+    T.Q5_K: "5-bit K-quant, super-blocks of 256, 6-bit scales and mins (5.5 bpw)",
+    T.Q6_K: "6-bit K-quant, super-blocks of 256, 8-bit sub-block scales (6.5625 bpw)",
+}
+
+
+@dataclass(frozen=True)
+class TypeInfo:
+    qtype: GGMLQuantizationType
+    block_size: int   # weights per block
+    type_size: int    # bytes per block
+
+    @property
+    def name(self) -> str:
+        return self.qtype.name
+
+    @property
+    def bpw(self) -> float:
+        return 8.0 * self.type_size / self.block_size
+
+    @property
+    def is_float(self) -> bool:
+        return self.qtype in FLOAT_TYPES
+
+    @property
+    def writable(self) -> bool:
+        return self.qtype in KERNEL_FAMILY
+
+    def row_bytes(self, n_per_row: int) -> int:
+        if n_per_row % self.block_size:
+            raise PlanError(f"row length {n_per_row} is not a multiple of {self.block_size}, "
+                            f"which {self.name} needs")
+        return n_per_row // self.block_size * self.type_size
+
+    def fits(self, n_per_row: int) -> bool:
+        return n_per_row % self.block_size == 0
+
+
+def type_info(t: "GGMLQuantizationType | str | int") -> TypeInfo:
+    qt = parse_type(t)
+    bs, ts = GGML_QUANT_SIZES[qt]
+    return TypeInfo(qt, bs, ts)
+
+
+def parse_type(t: "GGMLQuantizationType | str | int") -> GGMLQuantizationType:
+    """Accept a GGMLQuantizationType, its llama.cpp name (case-insensitive) or its id."""
+    if isinstance(t, GGMLQuantizationType):
+        return t
+    if isinstance(t, int):
+        try:
+            return GGMLQuantizationType(t)
+        except ValueError:
+            raise PlanError(f"unknown tensor type id {t}") from None
+    name = str(t).strip().upper()
+    try:
+        return GGMLQuantizationType[name]
+    except KeyError:
+        raise PlanError(f"unknown tensor type '{t}' (known: {', '.join(writable_type_names())})") from None
+
+
+def writable_types() -> list[GGMLQuantizationType]:
+    return list(KERNEL_FAMILY)
+
+
+def writable_type_names() -> list[str]:
+    return [t.name for t in KERNEL_FAMILY]
+
+
+def is_quantized(t: GGMLQuantizationType) -> bool:
+    return t not in FLOAT_TYPES and t not in (T.I8, T.I16, T.I32, T.I64)

@@ -1,0 +1,32 @@
+"""Open any supported model: ``open_model(path)`` -> :class:`ModelSource`."""
+from __future__ import annotations
+
+import os
+
+from ..errors import SourceError
+from .base import ModelSource, TensorInfo, layer_of
+
+__all__ = ["open_model", "ModelSource", "TensorInfo", "layer_of"]
+
+
+def open_model(path: "str | os.PathLike") -> ModelSource:
+    """Open a GGUF file, a .safetensors file or a Hugging Face folder (headers only; data stays mapped)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise SourceError("no such file or folder", path)
+    if os.path.isdir(path):
+        from .safetensors_source import SafetensorsSource
+        return SafetensorsSource(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise SourceError(f"cannot open: {e.strerror or e}", path) from None
+    if head[:4] == b"GGUF" or path.lower().endswith(".gguf"):
+        from .gguf_source import GGUFSource
+        return GGUFSource(path)
+    if path.lower().endswith(".safetensors") or len(head) == 8:
+        from .safetensors_source import SafetensorsSource
+        if path.lower().endswith(".safetensors"):
+            return SafetensorsSource(path)
+    raise SourceError("not a model file: expected a .gguf, a .safetensors or a Hugging Face folder", path)
