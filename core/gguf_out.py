@@ -162,7 +162,8 @@ class GGUFStreamWriter:
 
     def _next_shard(self) -> None:
         if self._files:
-            self._files[-1].close()
+            prev = self._files[-1]
+            self._io(lambda _: self._close(prev), None)
         self._shard += 1
         s = self.layout.shards[self._shard]
         try:
@@ -219,10 +220,7 @@ class GGUFStreamWriter:
                               self.layout.path)
         try:
             for f in self._files:
-                if f is not None:
-                    f.flush()
-                    os.fsync(f.fileno())
-                    f.close()
+                self._close(f)
             for s in self.layout.shards:
                 got = os.path.getsize(self.partial(s.path))
                 if got != s.size:
@@ -236,6 +234,13 @@ class GGUFStreamWriter:
             self.abort()
             raise
         return self.layout.paths
+
+    @staticmethod
+    def _close(f) -> None:
+        if f is not None and not f.closed:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
 
     def abort(self) -> None:
         for f in self._files:

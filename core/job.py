@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGUFValueType
 
-from .errors import Cancelled, PlanError, UnsupportedError
+from .errors import Cancelled, PlanError, SourceError, UnsupportedError
 from .gguf_meta import KV
 from .gguf_out import GGUFLayout, GGUFStreamWriter, OutTensor
 from .kernels import default_threads, get_kernel
@@ -142,6 +142,11 @@ def _quantize(source, e, writer, pool, threads, tracker, cancel, imatrix) -> Non
         if cancel.cancelled:
             return np.empty(0, np.uint8)
         x = source.read_rows(e.name, a, b)
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad = x.size - int(np.count_nonzero(finite))
+            raise SourceError(f"tensor '{e.name}' has {bad} NaN/Inf values in rows {a}..{b - 1}; "
+                              "a GGUF with them would be rejected by llama.cpp", source.path)
         out = np.empty((b - a, kernel.row_bytes(row_len)), dtype=np.uint8)
         qw = imatrix
         if qw is not None and qw.ndim == 2:       # per-expert importance weights: (n_expert, row_len)

@@ -100,7 +100,14 @@ def _value(c: _Cursor, vt: GGUFValueType, key: str):
 
 
 def parse_header(path: str, mm: mmap.mmap) -> Header:
-    c = _Cursor(memoryview(mm), path)
+    view = memoryview(mm)
+    try:
+        return _parse(_Cursor(view, path), path)
+    finally:
+        view.release()
+
+
+def _parse(c: _Cursor, path: str) -> Header:
     if c.size < 24:
         raise SourceError(f"truncated GGUF: {c.size} bytes, the header alone needs 24", path)
     magic = bytes(c.buf[:4])

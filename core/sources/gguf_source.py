@@ -35,7 +35,10 @@ class GGUFSource(ModelSource):
         try:
             h = parse_header(self.path, self._mm)
         except BaseException:
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:
+                pass
             raise
         self.kv = h.kv
         self.version = h.version
