@@ -1,0 +1,158 @@
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from core.cli import main, parse_size
+from tests.badfiles import make_bad_gguf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+def assert_one_line_error(r, path):
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("quant-studio: error: ")
+    assert path in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_help_is_fast_and_lazy():
+    t = time.perf_counter()
+    r = cli("--help")
+    assert r.returncode == 0 and "quantize" in r.stdout
+    code = "import sys, core.cli; core.cli.build_parser(); print('numba' in sys.modules, 'PySide6' in sys.modules)"
+    r2 = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r2.stdout.split() == ["False", "False"]   # no kernel or Qt import just to parse arguments
+    assert time.perf_counter() - t < 20
+
+
+def test_inspect_demo_headers(demo_path):
+    r = cli("inspect", demo_path, "--no-stats")
+    assert r.returncode == 0, r.stderr
+    assert "llama" in r.stdout and "blk.29.ffn_down.weight" in r.stdout and "Q4_1 x210" in r.stdout
+
+
+def test_quantize_json_summary(synthetic_path, tmp_path):
+    out = tmp_path / "s.gguf"
+    r = cli("quantize", synthetic_path, str(out), "--type", "Q5_0", "--threads", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["output"] == [str(out)] and s["file_size"] == os.path.getsize(out)
+    types = {t["name"]: t["type"] for t in s["tensors"]}
+    assert types["blk.0.ffn_down.weight"] == "Q5_0" and types["blk.0.attn_norm.weight"] == "F32"
+    assert 5.4 < s["bpw"] < 5.6
+
+
+def test_quantize_split(synthetic_path, tmp_path):
+    r = cli("quantize", synthetic_path, str(tmp_path / "m.gguf"), "--type", "Q8_0", "--split-max-size", "1M")
+    assert r.returncode == 0, r.stderr
+    shards = sorted(os.listdir(tmp_path))
+    assert len(shards) >= 2 and shards[0] == f"m-00001-of-{len(shards):05d}.gguf"
+    assert parse_size("2G") == 2 * 10**9 and parse_size("500M") == 500 * 10**6
+
+
+@pytest.mark.parametrize("kind", ["magic", "truncated", "tensor_count", "kv_count", "array_length",
+                                  "offset_past_end", "unknown_type", "empty"])
+def test_bad_gguf_one_line_exit_2(synthetic_path, tmp_path, kind):
+    bad = make_bad_gguf(synthetic_path, str(tmp_path), kind)
+    for args in (["inspect", bad], ["quantize", bad, str(tmp_path / "o.gguf"), "--type", "Q8_0"]):
+        assert_one_line_error(cli(*args), bad)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("o.gguf")]
+
+
+def test_missing_file_and_empty_folder(tmp_path):
+    missing = str(tmp_path / "nothing.gguf")
+    assert_one_line_error(cli("inspect", missing), missing)
+    d = tmp_path / "folder"
+    d.mkdir()
+    assert_one_line_error(cli("quantize", str(d), str(tmp_path / "o.gguf"), "--type", "Q4_0"), str(d))
+
+
+def test_nan_weights_reported(tmp_path):
+    from gguf import GGUFWriter
+
+    p = str(tmp_path / "nan.gguf")
+    w = GGUFWriter(p, "llama")
+    x = np.ones((4, 64), np.float32)
+    x[1, 1] = np.nan
+    w.add_tensor("blk.0.ffn_up.weight", x)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    r = cli("inspect", p)
+    assert r.returncode == 0 and "1 NaN" in r.stderr
+    r = cli("quantize", p, str(tmp_path / "o.gguf"), "--type", "Q8_0")
+    assert_one_line_error(r, p)
+    assert "NaN/Inf" in r.stderr and not (tmp_path / "o.gguf").exists()
+
+
+def test_unwritable_output(synthetic_path, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = str(blocker / "o.gguf")
+    r = cli("quantize", synthetic_path, out, "--type", "Q8_0")
+    assert_one_line_error(r, str(blocker))
+
+
+def test_unknown_type_and_bad_size(synthetic_path, tmp_path):
+    r = cli("quantize", synthetic_path, str(tmp_path / "o.gguf"), "--type", "Q9_X")
+    assert r.returncode == 2 and "unknown tensor type 'Q9_X'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("quantize", synthetic_path, str(tmp_path / "o.gguf"), "--type", "Q8_0", "--split-max-size", "12Q")
+    assert r.returncode == 2 and "invalid size" in r.stderr
+
+
+def test_disk_full_in_process(synthetic_path, tmp_path, monkeypatch, capsys):
+    import core.gguf_out as mod
+
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(b)
+
+        def __getattr__(self, k):
+            return getattr(self.f, k)
+
+    monkeypatch.setattr(mod, "open", lambda p, m="r": Full(real_open(p, m)), raising=False)
+    out = str(tmp_path / "o.gguf")
+    assert main(["quantize", synthetic_path, out, "--type", "Q8_0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "disk full" in err[0] and out in err[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_cancels_and_leaves_nothing(tmp_path):
+    from core.demo import make_synthetic_llama
+
+    src = make_synthetic_llama(str(tmp_path / "big.gguf"), n_layer=8, n_embd=1024, n_ff=2816, n_head=8,
+                               n_head_kv=8, n_vocab=2048)
+    out = tmp_path / "o.gguf"
+    p = subprocess.Popen([sys.executable, "-m", "core.cli", "quantize", src, str(out), "--type", "Q5_1",
+                          "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "o.gguf.partial").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert p.poll() is None, "finished before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2, err
+    assert "cancelled" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["big.gguf"]
