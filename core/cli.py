@@ -237,7 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+COMMANDS = ("inspect", "quantize", "demo")
+
+
+def wants_gui(argv: Sequence[str]) -> bool:
+    """No command (``quant-studio``, ``quant-studio MODEL``, ``quant-studio --self-test``) starts the studio."""
+    positional = [a for a in argv if not a.startswith("-")]
+    if positional and positional[0] in COMMANDS:
+        return False
+    return not any(a in ("-h", "--help", "--version") for a in argv)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The headless CLI. (The ``quant-studio`` launcher in ``app.launcher`` sends command-less calls to
+    the studio and everything else here.)"""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -112,6 +112,7 @@ def run_plan(source: ModelSource, plan: Plan, output: str, *, threads: Optional[
             else:
                 _quantize(source, e, writer, pool, threads, tracker, cancel,
                           None if imatrix is None else imatrix.get(e.name))
+            source.release(e.name)
             r = TensorResult(e.name, e.type, e.n_elements, e.nbytes, time.perf_counter() - ts)
             results.append(r)
             if on_tensor:

@@ -141,6 +141,9 @@ class ModelSource(ABC):
         """The stored bytes (uint8) of a tensor, for copying it unchanged."""
         raise SourceError(f"raw bytes of '{name}' are not available from a {self.kind} source", self.path)
 
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of a tensor that is done with (keeps resident memory bounded)."""
+
     def close(self) -> None:
         pass
 

@@ -78,6 +78,17 @@ class GGUFSource(ModelSource):
         except OSError as e:
             raise SourceError(f"cannot read tensor '{name}': {e.strerror or e}", self.path) from None
 
+    def release(self, name: str) -> None:
+        e = self._entries.get(name)
+        if e is None or self._mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = e.offset // page * page
+        try:
+            self._mm.madvise(mmap.MADV_DONTNEED, start, e.offset + e.nbytes - start)
+        except (OSError, ValueError):
+            pass
+
     def close(self) -> None:
         self._data = None
         mm = getattr(self, "_mm", None)

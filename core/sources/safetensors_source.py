@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import mmap
 import os
 import struct
 from typing import Any, Optional
@@ -179,6 +180,18 @@ class SafetensorsSource(ModelSource):
             return flat.astype(np.float32)
         except OSError as e:
             raise SourceError(f"cannot read tensor '{name}': {e.strerror or e}", self._where[name].path) from None
+
+    def release(self, name: str) -> None:
+        f = self._where.get(name)
+        mm = getattr(f._mm, "_mmap", None) if f is not None and f._mm is not None else None
+        if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        _, _, b, end = f.entries[name]
+        start = (f.data_start + b) // mmap.PAGESIZE * mmap.PAGESIZE
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, f.data_start + end - start)
+        except (OSError, ValueError):
+            pass
 
     def close(self) -> None:
         for f in self._files:

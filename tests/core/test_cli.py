@@ -33,10 +33,22 @@ def test_help_is_fast_and_lazy():
     t = time.perf_counter()
     r = cli("--help")
     assert r.returncode == 0 and "quantize" in r.stdout
-    code = "import sys, core.cli; core.cli.build_parser(); print('numba' in sys.modules, 'PySide6' in sys.modules)"
+    code = ("import sys, app.launcher, core.cli; core.cli.build_parser(); "
+            "print('numba' in sys.modules, 'PySide6' in sys.modules)")
     r2 = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r2.stdout.split() == ["False", "False"]   # no kernel or Qt import just to parse arguments
     assert time.perf_counter() - t < 20
+
+
+def test_launcher_routes_commands_to_the_cli():
+    from core.cli import wants_gui
+
+    assert not wants_gui(["inspect", "m.gguf"]) and not wants_gui(["--debug", "quantize", "a", "b", "--type", "Q8_0"])
+    assert not wants_gui(["--help"]) and not wants_gui(["--version"])
+    assert wants_gui([]) and wants_gui(["model.gguf"]) and wants_gui(["--self-test"])
+    r = subprocess.run([sys.executable, "-m", "app.launcher", "inspect", "/nonexistent.gguf"], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert r.returncode == 2 and "no such file" in r.stderr
 
 
 def test_inspect_demo_headers(demo_path):
