@@ -37,11 +37,13 @@ if engine == 'ours':
     run_plan(s, pure_plan(s.tensors, qtype, s.architecture), out, threads=threads)
     dt = time.perf_counter() - t
 else:
-    from tests.refs.llama import quantize_file
+    from tests.refs.llama import quantize
+    from core.plan import file_type_of
+    from core.qtypes import parse_type
     import llama_cpp
     base = peak_mib()
     t = time.perf_counter()
-    quantize_file(src, out, qtype, threads=threads, pure=True)
+    quantize(src, file_type_of(parse_type(qtype)), pure=True, output=out, nthread=threads)
     dt = time.perf_counter() - t
 print(json.dumps({{'seconds': dt, 'peak_mib': peak_mib(), 'base_mib': base}}))
 """

@@ -62,7 +62,7 @@ class Result:
 def quantize(path: str, ftype: int, *, pure: bool = False, tensor_types: Sequence[tuple[str, str]] = (),
              token_embedding_type: Optional[str] = None, output_tensor_type: Optional[str] = None,
              has_imatrix: bool = False, quantize_output_tensor: bool = True,
-             output: Optional[str] = None) -> Result:
+             output: Optional[str] = None, nthread: int = 1) -> Result:
     """What ``llama-quantize`` chooses for every tensor of ``path`` as file type ``ftype``.
 
     ``tensor_types`` are ``--tensor-type`` patterns as llama-quantize hands them to the library
@@ -73,7 +73,7 @@ def quantize(path: str, ftype: int, *, pure: bool = False, tensor_types: Sequenc
     check_params_layout()
     p = lc.llama_model_quantize_default_params()
     p.ftype = int(ftype)
-    p.nthread = 1
+    p.nthread = int(nthread)
     p.dry_run = output is None
     p.allow_requantize = True
     p.pure = pure
@@ -126,9 +126,10 @@ def quantize(path: str, ftype: int, *, pure: bool = False, tensor_types: Sequenc
         tail = "\n".join(text.strip().splitlines()[-5:])
         raise RuntimeError(f"llama_model_quantize failed ({rc}): {tail}")
     if output is not None:
-        from gguf import GGUFReader
+        from core.sources import open_model   # its header parser is tested against gguf-py's GGUFReader
 
-        types = {t.name: t.tensor_type.name for t in GGUFReader(output).tensors}
+        with open_model(output) as m:
+            types = {t.name: t.dtype for t in m.tensors}
     else:
         types = {m.group(1): (m.group(3) or m.group(2)).upper() for m in _LINE.finditer(text)}
     if not types:

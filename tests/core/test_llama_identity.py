@@ -1,0 +1,48 @@
+"""`quant-studio quantize --type T` writes the same tensor data as `llama-quantize --pure` (llama.cpp's own
+llama_model_quantize, called through llama-cpp-python), tensor by tensor."""
+import numpy as np
+import pytest
+
+from core.job import run_plan
+from core.plan import file_type_of, pure_plan
+from core.qtypes import parse_type
+from core.sources import open_model
+from tests.refs.llama import quantize as llama_quantize
+
+LEGACY = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16"]
+
+
+def _compare(src_path, qtype, tmp_path):
+    ours = str(tmp_path / f"ours-{qtype}.gguf")
+    theirs = str(tmp_path / f"llama-{qtype}.gguf")
+    src = open_model(src_path)
+    run_plan(src, pure_plan(src.tensors, qtype, src.architecture), ours, threads=2)
+    llama_quantize(src_path, file_type_of(parse_type(qtype)), pure=True, output=theirs, nthread=2)
+    a, b = open_model(ours), open_model(theirs)
+    assert sorted(t.name for t in a.tensors) == sorted(t.name for t in b.tensors)
+    differing = []
+    for t in a.tensors:
+        u = b.tensor(t.name)
+        assert t.dtype == u.dtype, f"{t.name}: ours {t.dtype}, llama.cpp {u.dtype}"
+        x, y = a.raw(t.name), b.raw(t.name)
+        if x.tobytes() != y.tobytes():
+            rows = np.count_nonzero((x.reshape(t.n_rows, -1) != y.reshape(t.n_rows, -1)).any(axis=1))
+            differing.append(f"{t.name}: {rows} of {t.n_rows} rows")
+    assert not differing, f"{qtype}: tensors differ from llama-quantize --pure: {differing[:5]}"
+    return a
+
+
+@pytest.mark.parametrize("qtype", LEGACY)
+def test_synthetic_f32_identical_to_llama_quantize(synthetic_path, tmp_path, qtype):
+    _compare(synthetic_path, qtype, tmp_path)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q5_1", "BF16"])
+def test_synthetic_f16_identical_to_llama_quantize(synthetic_f16_path, tmp_path, qtype):
+    _compare(synthetic_f16_path, qtype, tmp_path)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q5_0"])
+def test_demo_identical_to_llama_quantize(demo_path, tmp_path, qtype):
+    out = _compare(demo_path, qtype, tmp_path)
+    assert out.type_counts()[qtype] >= 210
