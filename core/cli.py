@@ -139,27 +139,139 @@ def _jsonable(v):
     return v
 
 
-def cmd_quantize(args) -> int:
-    from .plan import pure_plan
+def open_for_output(path: str):
+    """Open a model to be written as GGUF: Hugging Face checkpoints are converted on the fly."""
     from .sources import open_model
-    from .job import run_plan
 
-    src = open_model(args.input)
-    plan = pure_plan(src.tensors, args.type, src.architecture)
+    src = open_model(path)
+    if src.kind in ("hf", "safetensors"):
+        from .convert import convert_source
+
+        src = convert_source(src)
+    return src
+
+
+def _load_imatrix(args, src):
+    if not args.imatrix:
+        return None
+    from .imatrix import load_imatrix
+
+    data = load_imatrix(args.imatrix)
+    return data
+
+
+def build_plan(src, args, imatrix=None):
+    """The plan from --plan, or --preset / --type with the rule options."""
+    from .plan import Plan, make_plan
+
+    modes = [m for m in ("preset", "type", "plan") if getattr(args, m, None)]
+    if len(modes) != 1:
+        raise QuantStudioError("give exactly one of --preset, --type or --plan"
+                               + (f" (got {', '.join('--' + m for m in modes)})" if modes else ""))
+    if args.plan:
+        try:
+            with open(args.plan, encoding="utf-8") as f:
+                plan = Plan.from_json(f.read())
+        except OSError as e:
+            raise QuantStudioError(f"cannot read the plan: {e.strerror or e}", args.plan) from None
+        except QuantStudioError as e:
+            raise QuantStudioError(e.message, args.plan) from None
+        names = {t.name for t in src.tensors}
+        planned = {e.name for e in plan.entries}
+        if names != planned:
+            odd = sorted(names ^ planned)
+            raise QuantStudioError(f"the plan does not fit this model: {len(odd)} tensors differ (first: '{odd[0]}')",
+                                   args.plan)
+        return plan
+    preset = args.preset
+    if args.type:
+        from .qtypes import KERNEL_FAMILY, parse_type, writable_type_names
+
+        qtype = parse_type(args.type)
+        if qtype not in KERNEL_FAMILY:
+            raise QuantStudioError(f"type {qtype.name} cannot be written (writable: {', '.join(writable_type_names())})")
+        preset = qtype.name
+    return make_plan(src.tensors, src.metadata, preset, pure=bool(args.type) or args.pure,
+                     tensor_types=args.tensor_type or (), token_embedding_type=args.token_embedding_type,
+                     output_tensor_type=args.output_tensor_type, layer_ranges=args.layer_type or (),
+                     keep=args.keep or (), has_imatrix=imatrix is not None,
+                     leave_output_tensor=args.leave_output_tensor)
+
+
+def cmd_quantize(args) -> int:
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise QuantStudioError("output would overwrite the input", args.output)
-    return _run(src, plan, args)
+    src = open_for_output(args.input)
+    imatrix = _load_imatrix(args, src)
+    plan = build_plan(src, args, imatrix)
+    plan.check_imatrix(imatrix is not None)
+    for w in plan.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    if args.save_plan:
+        _save_text(args.save_plan, plan.to_json())
+    if args.dry_run:
+        return _dry_run(src, plan, args, imatrix)
+    return _run(src, plan, args, imatrix)
 
 
-def _run(src, plan, args) -> int:
+def _save_text(path: str, text: str) -> None:
+    tmp = path + ".partial"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise QuantStudioError(f"cannot write: {e.strerror or e}", path) from None
+
+
+def _imatrix_inputs(src, plan, imatrix):
+    if imatrix is None:
+        return None, None
+    names = [e.name for e in plan.entries if e.quantize]
+    match = imatrix.match(src.tensors, names)
+    match.raise_for_errors()
+    if match.missing:
+        print(f"{PROG}: warning: imatrix has no entry for {len(match.missing)} quantized tensors "
+              f"(first: {match.missing[0]})", file=sys.stderr)
+    return imatrix.arrays_for(src.tensors, names), imatrix.metadata(os.path.basename(imatrix.path or ""))
+
+
+def _dry_run(src, plan, args, imatrix) -> int:
+    from .plan import predict_size
+
+    _, extra = _imatrix_inputs(src, plan, imatrix)
+    pred = predict_size(plan, src, args.split_max_size, extra_kv=extra)
+    if args.json:
+        json.dump({"input": src.path, "preset": plan.preset, "file_size": pred.total,
+                   "shard_sizes": pred.shard_sizes, "bpw": pred.bpw, "tensor_bytes": pred.tensor_bytes,
+                   "warnings": plan.warnings,
+                   "tensors": [{"name": e.name, "type": e.type, "reason": e.reason, "nbytes": t.nbytes,
+                                "bpw": t.bpw} for e, t in zip(plan.entries, pred.tensors)]}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    rows = [[e.name, e.src_type, e.type, human_bytes(t.nbytes), f"{t.bpw:.3f}", e.reason]
+            for e, t in zip(plan.entries, pred.tensors)]
+    print(_table(rows, ["tensor", "from", "to", "size", "bpw", "why"], right={3, 4}))
+    shards = f" in {len(pred.shard_sizes)} files" if len(pred.shard_sizes) > 1 else ""
+    print(f"\n{plan.preset or 'plan'}: predicted size {human_bytes(pred.total)} ({pred.total} bytes){shards}, "
+          f"{pred.bpw:.3f} bits/weight; nothing written (--dry-run)")
+    return 0
+
+
+def _run(src, plan, args, imatrix=None) -> int:
     from .job import run_plan
     from .progress import CancelToken
 
+    arrays, extra = _imatrix_inputs(src, plan, imatrix)
     bar = ProgressBar(enabled=False if args.json else None)
     cancel = CancelToken()
     try:
         result = run_plan(src, plan, args.output, threads=args.threads, split_max_size=args.split_max_size,
-                          progress=bar, cancel=cancel)
+                          imatrix=arrays, extra_kv=extra, progress=bar, cancel=cancel)
     except KeyboardInterrupt:
         cancel.cancel()
         raise Cancelled("cancelled by the user; no output was written", args.output) from None
@@ -191,6 +303,10 @@ def cmd_demo(args) -> int:
     from .demo import demo_model_path
 
     args.input = demo_model_path()
+    for k in ("preset", "plan", "imatrix", "tensor_type", "layer_type", "keep", "token_embedding_type",
+              "output_tensor_type", "save_plan"):
+        setattr(args, k, None)
+    args.pure = args.dry_run = args.leave_output_tensor = False
     os.makedirs(args.output_dir, exist_ok=True)
     args.output = os.path.join(args.output_dir, f"SmolLM2-135M-Instruct.{args.type.upper()}.gguf")
     print(f"demo: quantizing {args.input} to {args.type.upper()}")
@@ -224,10 +340,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split the output into shards of at most SIZE (e.g. 500M, 2G), named like gguf-split")
         q.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    pq = sub.add_parser("quantize", help="quantize a model to GGUF (like llama-quantize --pure)")
+    pq = sub.add_parser("quantize", help="quantize a model to GGUF with a llama-quantize preset, a type or a plan",
+                        description="Quantize a GGUF, safetensors file or Hugging Face folder to GGUF. Give one of "
+                        "--preset (llama-quantize's file types and per-tensor rules), --type (every quantizable "
+                        "tensor to one type, as llama-quantize --pure) or --plan.")
     pq.add_argument("input", help="source model")
     pq.add_argument("output", help="output .gguf path")
-    pq.add_argument("--type", required=True, help="GGUF type for the quantizable weights, e.g. Q8_0, Q4_0, F16")
+    pq.add_argument("--preset", help="llama-quantize file type: Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, "
+                    "Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, BF16, F32")
+    pq.add_argument("--type", help="one GGUF type for every quantizable tensor (llama-quantize --pure), e.g. Q8_0")
+    pq.add_argument("--plan", help="a plan saved as JSON (by --save-plan or the studio)")
+    pq.add_argument("--pure", action="store_true", help="with --preset: no per-tensor rules, one type")
+    pq.add_argument("--imatrix", help="importance matrix (llama-imatrix .gguf or legacy .dat)")
+    pq.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE",
+                    help="type for tensors whose name matches REGEX (first match wins; repeatable)")
+    pq.add_argument("--layer-type", action="append", metavar="FIRST-LAST=TYPE",
+                    help="type for the tensors of layers FIRST..LAST (repeatable)")
+    pq.add_argument("--keep", action="append", metavar="REGEX", help="leave matching tensors unquantized")
+    pq.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight")
+    pq.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight")
+    pq.add_argument("--leave-output-tensor", action="store_true", help="do not quantize output.weight")
+    pq.add_argument("--save-plan", metavar="FILE", help="write the plan as JSON")
+    pq.add_argument("--dry-run", action="store_true", help="print the per-tensor plan, predicted size and bpw; "
+                    "write nothing")
     add_run_args(pq)
 
     pd = sub.add_parser("demo", help="quantize the built-in demo model (SmolLM2-135M) and print the result")

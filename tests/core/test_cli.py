@@ -168,3 +168,40 @@ def test_ctrl_c_cancels_and_leaves_nothing(tmp_path):
     assert p.returncode == 2, err
     assert "cancelled" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert sorted(os.listdir(tmp_path)) == ["big.gguf"]
+
+
+def test_dry_run_predicts_the_written_size(synthetic_path, tmp_path):
+    out = tmp_path / "q.gguf"
+    common = ["--preset", "Q5_1", "--tensor-type", "ffn_down=Q8_0", "--output-tensor-type", "Q4_0"]
+    r = cli("quantize", synthetic_path, str(out), *common, "--dry-run", "--json",
+            "--save-plan", str(tmp_path / "plan.json"))
+    assert r.returncode == 0, r.stderr
+    pred = json.loads(r.stdout)
+    assert not out.exists()
+    types = {t["name"]: t["type"] for t in pred["tensors"]}
+    assert types["blk.1.ffn_down.weight"] == "Q8_0" and types["output.weight"] == "Q4_0"
+    assert types["blk.0.attn_q.weight"] == "Q5_1" and "ffn_down=Q8_0" in next(
+        t["reason"] for t in pred["tensors"] if t["name"] == "blk.0.ffn_down.weight")
+    r = cli("quantize", synthetic_path, str(out), *common, "--json")
+    assert r.returncode == 0, r.stderr
+    assert os.path.getsize(out) == pred["file_size"] == json.loads(r.stdout)["file_size"]
+    # the saved plan reproduces the same file
+    r = cli("quantize", synthetic_path, str(tmp_path / "again.gguf"), "--plan", str(tmp_path / "plan.json"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "again.gguf").read_bytes() == out.read_bytes()
+
+
+def test_dry_run_table(demo_path, tmp_path):
+    r = cli("quantize", demo_path, str(tmp_path / "o.gguf"), "--preset", "Q4_0", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "predicted size" in r.stdout and "blk.0.attn_v.weight" in r.stdout
+    assert os.listdir(tmp_path) == []
+
+
+def test_plan_and_preset_conflict(synthetic_path, tmp_path):
+    r = cli("quantize", synthetic_path, str(tmp_path / "o.gguf"), "--preset", "Q4_0", "--type", "Q8_0")
+    assert r.returncode == 2 and "exactly one of --preset, --type or --plan" in r.stderr
+    bad = tmp_path / "plan.json"
+    bad.write_text("{\"version\": 99}")
+    r = cli("quantize", synthetic_path, str(tmp_path / "o.gguf"), "--plan", str(bad))
+    assert_one_line_error(r, str(bad))
