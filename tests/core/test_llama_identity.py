@@ -46,3 +46,42 @@ def test_synthetic_f16_identical_to_llama_quantize(synthetic_f16_path, tmp_path,
 def test_demo_identical_to_llama_quantize(demo_path, tmp_path, qtype):
     out = _compare(demo_path, qtype, tmp_path)
     assert out.type_counts()[qtype] >= 210
+
+
+def _compare_files(ours, theirs):
+    a, b = open_model(ours), open_model(theirs)
+    assert sorted(t.name for t in a.tensors) == sorted(t.name for t in b.tensors)
+    bad = [t.name for t in a.tensors
+           if t.dtype != b.tensor(t.name).dtype or a.raw(t.name).tobytes() != b.raw(t.name).tobytes()]
+    assert not bad, f"{len(bad)} tensors differ from llama.cpp: {bad[:5]}"
+    return a
+
+
+@pytest.mark.parametrize("preset", ["Q4_0", "Q5_1"])
+def test_preset_with_imatrix_identical_to_llama_quantize(synthetic_path, tmp_path, preset):
+    """The CLI with --imatrix writes what llama_model_quantize writes given the same importance vectors,
+    and records the imatrix in the metadata as llama-quantize does."""
+    import subprocess
+    import sys
+
+    from core.imatrix import ImatrixData, load_imatrix
+    from core.presets import get_preset
+
+    src = open_model(synthetic_path)
+    im_path = str(tmp_path / "im.gguf")
+    ImatrixData.random_for(src, n_tokens=64, seed=3).save(im_path)
+    ours = str(tmp_path / "ours.gguf")
+    r = subprocess.run([sys.executable, "-m", "core.cli", "quantize", synthetic_path, ours, "--preset", preset,
+                        "--imatrix", im_path], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    data = load_imatrix(im_path)
+    theirs = str(tmp_path / "theirs.gguf")
+    llama_quantize(synthetic_path, get_preset(preset).ftype, output=theirs, nthread=2,
+                   imatrix={n: data.weights(n) for n in data.entries})
+    out = _compare_files(ours, theirs)
+    assert out.metadata["quantize.imatrix.file"] == "im.gguf"
+    assert out.metadata["quantize.imatrix.entries_count"] == len(data.entries)
+    # and the importance weights did change the result
+    plain = str(tmp_path / "plain.gguf")
+    run_plan(src, pure_plan(src.tensors, preset, "llama"), plain, threads=2)
+    assert open_model(plain).raw("blk.0.attn_q.weight").tobytes() != out.raw("blk.0.attn_q.weight").tobytes()

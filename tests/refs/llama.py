@@ -62,7 +62,7 @@ class Result:
 def quantize(path: str, ftype: int, *, pure: bool = False, tensor_types: Sequence[tuple[str, str]] = (),
              token_embedding_type: Optional[str] = None, output_tensor_type: Optional[str] = None,
              has_imatrix: bool = False, quantize_output_tensor: bool = True,
-             output: Optional[str] = None, nthread: int = 1) -> Result:
+             output: Optional[str] = None, nthread: int = 1, imatrix: Optional[dict] = None) -> Result:
     """What ``llama-quantize`` chooses for every tensor of ``path`` as file type ``ftype``.
 
     ``tensor_types`` are ``--tensor-type`` patterns as llama-quantize hands them to the library
@@ -94,7 +94,21 @@ def quantize(path: str, ftype: int, *, pure: bool = False, tensor_types: Sequenc
         arr[len(tensor_types)].type = GGML_TYPE_COUNT
         alive.append(arr)
         p.tt_overrides = ctypes.cast(arr, ctypes.POINTER(lc.llama_model_tensor_override))
-    if has_imatrix:
+    if imatrix:
+        import numpy as np
+
+        arr = (lc.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(imatrix.items()):
+            v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+            b = ctypes.create_string_buffer(name.encode())
+            alive += [v, b]
+            arr[i].name = ctypes.cast(b, ctypes.c_char_p)
+            arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            arr[i].size = v.size
+        arr[len(imatrix)].name = None
+        alive.append(arr)
+        p.imatrix = ctypes.cast(arr, ctypes.POINTER(lc.llama_model_imatrix_data))
+    elif has_imatrix:
         if output is not None:
             raise ValueError("has_imatrix is for dry runs only")
         data = (ctypes.c_float * 1)(1.0)
