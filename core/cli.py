@@ -143,12 +143,14 @@ def open_for_output(path: str):
     """Open a model to be written as GGUF: Hugging Face checkpoints are converted on the fly."""
     from .sources import open_model
 
-    src = open_model(path)
-    if src.kind in ("hf", "safetensors"):
-        from .convert import convert_source
+    if os.path.isdir(path) or (path.lower().endswith(".safetensors") and os.path.exists(path)):
+        from .convert import open_hf
 
-        src = convert_source(src)
-    return src
+        src = open_hf(path)
+        for w in src.warnings:
+            print(f"{PROG}: warning: {w}", file=sys.stderr)
+        return src
+    return open_model(path)
 
 
 def _load_imatrix(args, src):

@@ -15,8 +15,9 @@ def open_model(path: "str | os.PathLike") -> ModelSource:
     if not os.path.exists(path):
         raise SourceError("no such file or folder", path)
     if os.path.isdir(path):
+        from ..convert.gptq_awq import maybe_dequantized
         from .safetensors_source import SafetensorsSource
-        return SafetensorsSource(path)
+        return maybe_dequantized(SafetensorsSource(path))   # GPTQ/AWQ weights are seen dequantized
     try:
         with open(path, "rb") as f:
             head = f.read(8)

@@ -205,3 +205,23 @@ def test_plan_and_preset_conflict(synthetic_path, tmp_path):
     bad.write_text("{\"version\": 99}")
     r = cli("quantize", synthetic_path, str(tmp_path / "o.gguf"), "--plan", str(bad))
     assert_one_line_error(r, str(bad))
+
+
+def test_hf_folder_inspect_and_quantize_with_preset(tmp_path):
+    """A Hugging Face folder goes through the same CLI: inspect as is, quantize converts on the fly."""
+    from tests.core.convert.hf_fixtures import synthetic_checkpoint
+
+    folder = str(tmp_path / "hf")
+    synthetic_checkpoint(folder, "LlamaForCausalLM", dtype="BF16")
+    r = cli("inspect", folder, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["summary"]["format"] == "hf" and any(t["type"] == "BF16" for t in info["tensors"])
+    out = tmp_path / "o.gguf"
+    r = cli("quantize", folder, str(out), "--preset", "Q8_0", "--json")
+    assert r.returncode == 0, r.stderr
+    from core.sources import open_model
+
+    m = open_model(str(out))
+    assert m.architecture == "llama" and "Q8_0" in m.type_counts()
+    assert "tokenizer.ggml.tokens" in m.metadata
