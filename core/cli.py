@@ -236,9 +236,11 @@ def _imatrix_inputs(src, plan, imatrix):
     names = [e.name for e in plan.entries if e.quantize]
     match = imatrix.match(src.tensors, names)
     match.raise_for_errors()
-    if match.missing:
-        print(f"{PROG}: warning: imatrix has no entry for {len(match.missing)} quantized tensors "
-              f"(first: {match.missing[0]})", file=sys.stderr)
+    # llama-imatrix never records the token embedding (a lookup, not a matrix product): not worth a warning
+    missing = [n for n in match.missing if n not in ("token_embd.weight", "per_layer_token_embd.weight")]
+    if missing:
+        print(f"{PROG}: warning: imatrix has no entry for {len(missing)} quantized tensors "
+              f"(first: {missing[0]})", file=sys.stderr)
     return imatrix.arrays_for(src.tensors, names), imatrix.metadata(os.path.basename(imatrix.path or ""))
 
 
