@@ -85,3 +85,42 @@ def test_preset_with_imatrix_identical_to_llama_quantize(synthetic_path, tmp_pat
     plain = str(tmp_path / "plain.gguf")
     run_plan(src, pure_plan(src.tensors, preset, "llama"), plain, threads=2)
     assert open_model(plain).raw("blk.0.attn_q.weight").tobytes() != out.raw("blk.0.attn_q.weight").tobytes()
+
+
+K_PRESETS = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
+
+
+def _preset_vs_llama(src_path, preset, tmp_path, with_imatrix):
+    from core.imatrix import ImatrixData
+    from core.plan import make_plan
+    from core.presets import get_preset
+
+    src = open_model(src_path)
+    imatrix = arrays = None
+    if with_imatrix:
+        imatrix = ImatrixData.random_for(src, n_tokens=64, seed=5)
+    plan = make_plan(src.tensors, src.metadata, preset, has_imatrix=with_imatrix)
+    if imatrix is not None:
+        arrays = imatrix.arrays_for(src.tensors, [e.name for e in plan.entries if e.quantize])
+    ours = str(tmp_path / "ours.gguf")
+    run_plan(src, plan, ours, threads=2, imatrix=arrays)
+    theirs = str(tmp_path / "theirs.gguf")
+    llama_quantize(src_path, get_preset(preset).ftype, output=theirs, nthread=2,
+                   imatrix=None if imatrix is None else {n: imatrix.weights(n) for n in imatrix.entries})
+    return _compare_files(ours, theirs)
+
+
+@pytest.mark.parametrize("preset", K_PRESETS + ["Q2_K_S"])
+def test_k_preset_file_identical_to_llama_quantize_with_imatrix(synthetic_path, tmp_path, preset):
+    out = _preset_vs_llama(synthetic_path, preset, tmp_path, with_imatrix=True)
+    assert any(t.dtype.endswith("_K") for t in out.tensors)
+
+
+@pytest.mark.parametrize("preset", K_PRESETS)
+def test_k_preset_file_identical_to_llama_quantize(synthetic_path, tmp_path, preset):
+    _preset_vs_llama(synthetic_path, preset, tmp_path, with_imatrix=False)
+
+
+@pytest.mark.parametrize("preset", ["Q4_K_M", "Q2_K_S"])
+def test_demo_k_preset_identical_to_llama_quantize(demo_path, tmp_path, preset):
+    _preset_vs_llama(demo_path, preset, tmp_path, with_imatrix=preset == "Q2_K_S")
