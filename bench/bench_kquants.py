@@ -71,8 +71,8 @@ def main() -> None:
               f"{mw / t['im_ours']:7.1f} {mw / t['im_c']:6.1f} {t['im_c'] / t['im_ours']:6.2f} | "
               f"{mw / t['deq']:8.1f} {mw / t['deq_gguf']:8.1f} {t['deq_gguf'] / t['deq']:6.2f}"
               + ("" if same else "   BYTES DIFFER FROM llama.cpp"), flush=True)
-    print("ratio = reference time / our time (> 1: ours faster); references: llama.cpp C for "
-          "quantize, gguf-py (numpy) for dequantize.")
+    print("ratio = our throughput / the reference's (> 1: ours faster); references: llama.cpp's C "
+          "ggml_quantize_chunk for quantize, gguf-py (numpy) for dequantize.")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ Q5_K ``d dmin scales[12] qh[32] qs[128]`` (176 B), Q6_K ``ql[128] qh[64] scales[
 (210 B), Q8_K ``d(f32) qs[256] bsums(i16)[16]`` (292 B).
 
 All arithmetic is float32 in the C code's order; ``nearest_int`` is ggml's bit trick
-exactly (any input, NaN and out-of-range included). The scale searches try many
-candidate scales whose sums are independent: they are accumulated side by side in
-lanes (each lane summing in C order) and the C code's sequential choice is replayed
-on the results, so the bytes are the same and the loops vectorize.
+exactly (any input, NaN and out-of-range included); fp16 as ggml (``floats.store_f16``).
+Speed: the scale searches run on 32 sub-blocks at once (of 2 or 4 super-blocks, taken
+in row-major order across rows), one lane each, so the inner loops vectorize while each
+lane sums in C order and makes the C code's choices; see "scale searches" below.
 """
 from __future__ import annotations
 
@@ -533,7 +533,8 @@ def _scale_min_k4(q, r, ob, j):
     if j < 4:
         return np.int64(q[r, ob + j]) & 63, np.int64(q[r, ob + j + 4]) & 63
     a = np.int64(q[r, ob + j + 4])
-    return (a & 0xF) | ((np.int64(q[r, ob + j - 4]) >> 6) << 4), (a >> 4) | ((np.int64(q[r, ob + j]) >> 6) << 4)
+    sc = (a & 0xF) | ((np.int64(q[r, ob + j - 4]) >> 6) << 4)
+    return sc, (a >> 4) | ((np.int64(q[r, ob + j]) >> 6) << 4)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -679,8 +680,8 @@ def quantize_q2_k(x, qw, out):
             xb = x[r, b * QK_K:(b + 1) * QK_K]
             _load_lanes(xb, _I(16), _I(16), xt, c0)
             if imat:
-                _imatrix_weights(xb, qw, b * QK_K, _I(16), _I(16), _sumsq(xb, _I(0), _I(QK_K)) / _F32(QK_K), xt, wt, sw,
-                                 c0)
+                sigma2 = _sumsq(xb, _I(0), _I(QK_K)) / _F32(QK_K)
+                _imatrix_weights(xb, qw, b * QK_K, _I(16), _I(16), sigma2, xt, wt, sw, c0)
             else:
                 for i in range(16):
                     for j in range(16):
@@ -768,8 +769,7 @@ def quantize_q3_k(x, qw, out):
     total = nrows * nb
     G = _LANES // 16
     L = np.zeros(QK_K, dtype=np.int32)
-    D = np.empty(QK_K, dtype=np.float32)  # per-weight divisor / offset of the requantization
-    M = np.empty(QK_K, dtype=np.float32)
+    D = np.empty(QK_K, dtype=np.float32)  # per-weight divisor of the requantization
     xt = np.empty((16, _LANES), dtype=np.float32)
     wt = np.empty((16, _LANES), dtype=np.float32)
     Lt = np.empty((32, _LANES), dtype=np.float32)
@@ -804,8 +804,8 @@ def quantize_q3_k(x, qw, out):
             _q3_lanes(xt, _I(4), V, Lt, scales)
         for g in range(min(G, total - s0)):
             r, b = divmod(s0 + g, nb)
-            _q3_finish(x[r, b * QK_K:(b + 1) * QK_K], out, r, b * 110, imat, 16 * g, g, V, V1, Lt, scales, d1, L,
-                       D)
+            _q3_finish(x[r, b * QK_K:(b + 1) * QK_K], out, r, b * 110, imat, 16 * g, g, V, V1, Lt, scales,
+                       d1, L, D)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -924,14 +924,15 @@ def _quantize_q45(x, qw, out):
                     for l in range(32):
                         out[r, ob + 16 + j // 2 + l] = L[j + l] | (L[j + l + 32] << 4)
             else:
-                for j in range(32):  # qh: bits 2k, 2k+1 of byte j are the 5th bits of L[64k + j], L[64k + 32 + j]
+                for j in range(32):  # qh: bits 2k, 2k+1 of byte j: 5th bits of L[64k + j], L[64k + 32 + j]
                     h = 0
                     for k in range(4):
                         h |= ((L[64 * k + j] >> 4) << (2 * k)) | ((L[64 * k + 32 + j] >> 4) << (2 * k + 1))
                     out[r, ob + 16 + j] = h
                 for k in range(4):
                     for j in range(32):
-                        out[r, ob + 48 + 32 * k + j] = (L[64 * k + j] & 0xF) | ((L[64 * k + 32 + j] & 0xF) << 4)
+                        lo = L[64 * k + j] & 0xF
+                        out[r, ob + 48 + 32 * k + j] = lo | ((L[64 * k + 32 + j] & 0xF) << 4)
 
 
 quantize_q4_k = _quantize_q45
@@ -1032,8 +1033,7 @@ def quantize_q6_k(x, qw, out):
     total = nrows * nb
     G = _LANES // 16
     L = np.zeros(QK_K, dtype=np.int32)
-    D = np.empty(QK_K, dtype=np.float32)  # per-weight divisor / offset of the requantization
-    M = np.empty(QK_K, dtype=np.float32)
+    D = np.empty(QK_K, dtype=np.float32)  # per-weight divisor of the requantization
     xt = np.empty((16, _LANES), dtype=np.float32)
     wt = np.empty((16, _LANES), dtype=np.float32)
     V = np.empty((_NV, _LANES), dtype=np.float32)

@@ -57,6 +57,21 @@ def kquant_edge_rows(n: int = 512) -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
+def nonfinite_rows(n: int = 512) -> np.ndarray:
+    """NaN, infinities, values near the float32 limit and subnormals: llama.cpp's output is
+    garbage there but deterministic, and ours is the same garbage."""
+    x = normal_rows(seed=14, rows=8, n=n)
+    x[0, 5] = np.nan
+    x[1, 300 % n] = np.inf
+    x[2, 7] = -np.inf
+    x[3, ::7] = np.nan
+    x[4, :] = np.inf
+    x[5, 100], x[5, 101] = 3e38, -3e38
+    x[6, :QK_K] = np.nan
+    x[7, :32] = 1e-40
+    return x
+
+
 def heavy_imatrix(n: int, seed: int = 9) -> np.ndarray:
     """llama-imatrix-like weights: heavy-tailed positive, some zero, one whole super-block zero."""
     w = imatrix_for(n, seed)
@@ -71,7 +86,8 @@ DATA = {
     "heavy": lambda: heavy_rows(rows=192, n=1024),
     "positive": lambda: positive_rows(rows=64, n=256),
     "edge": kquant_edge_rows,
-    "odd_rows": lambda: heavy_rows(seed=4, rows=67, n=768),  # super-block count not a multiple of the lane groups
+    "odd_rows": lambda: heavy_rows(seed=4, rows=67, n=768),  # super-blocks not a multiple of the lane groups
+    "nonfinite": nonfinite_rows,
 }
 
 
@@ -84,7 +100,8 @@ def _c_fn(name: str, argtypes):
 
 def _c_dequantize(name: str, q: np.ndarray, n: int) -> np.ndarray:
     """llama.cpp's dequantize_row_<t> over every row."""
-    fn = _c_fn(f"dequantize_row_{name.lower().replace('_k', '_K')}", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64])
+    fn = _c_fn("dequantize_row_" + name.lower().replace("_k", "_K"),
+               [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64])
     q = np.ascontiguousarray(q)
     out = np.empty((q.shape[0], n), dtype=np.float32)
     fn(q.ctypes.data, out.ctypes.data, q.shape[0] * n)
@@ -98,6 +115,7 @@ def _gguf_dequant(q: np.ndarray, name: str) -> np.ndarray:
 
 @pytest.mark.parametrize("name", KQUANTS)
 @pytest.mark.parametrize("data", list(DATA))
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_matches_llama_cpp(name, data):
     x = DATA[data]()
     k = get_kernel(name)
@@ -106,17 +124,20 @@ def test_matches_llama_cpp(name, data):
     assert_blocks_equal(ours, ggml_quantize(T[name], x), k.type_size, f"{name} {data} vs llama.cpp")
     deq = k.dequantize(ours, x.shape[1])
     assert_floats_identical(deq, _gguf_dequant(ours, name), f"{name} {data} dequantize vs gguf-py")
-    assert_floats_identical(deq, _c_dequantize(name, ours, x.shape[1]), f"{name} {data} dequantize vs llama.cpp")
+    assert_floats_identical(deq, _c_dequantize(name, ours, x.shape[1]),
+                            f"{name} {data} dequantize vs llama.cpp")
 
 
 @pytest.mark.parametrize("name", KQUANTS)
 @pytest.mark.parametrize("data", list(DATA))
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_importance_weights_match_llama_cpp(name, data):
     x = DATA[data]()
     im = heavy_imatrix(x.shape[1])
     k = get_kernel(name)
     ours = k.quantize(x, imatrix=im)
-    assert_blocks_equal(ours, ggml_quantize(T[name], x, im), k.type_size, f"{name} {data} imatrix vs llama.cpp")
+    assert_blocks_equal(ours, ggml_quantize(T[name], x, im), k.type_size,
+                        f"{name} {data} imatrix vs llama.cpp")
     if data in ("normal", "heavy"):
         assert not np.array_equal(ours, k.quantize(x)), "importance weights had no effect"
 
@@ -161,8 +182,9 @@ def test_error_ordering_and_importance():
         k = get_kernel(name)
         err = k.dequantize(k.quantize(x), x.shape[1]) - x
         erri = k.dequantize(k.quantize(x, imatrix=im), x.shape[1]) - x
-        rel[name] = float(np.sqrt(np.mean(err.astype(np.float64) ** 2) / np.mean(x.astype(np.float64) ** 2)))
-        wrel[name] = (float(np.sum(im * erri.astype(np.float64) ** 2)), float(np.sum(im * err.astype(np.float64) ** 2)))
+        e2, ei2 = err.astype(np.float64) ** 2, erri.astype(np.float64) ** 2
+        rel[name] = float(np.sqrt(e2.mean() / np.mean(x.astype(np.float64) ** 2)))
+        wrel[name] = (float(np.sum(im * ei2)), float(np.sum(im * e2)))
     order = [rel[n] for n in reversed(KQUANTS)]
     assert order == sorted(order), f"relative RMSE not decreasing with bits: {rel}"
     assert rel["Q6_K"] < 0.05 and rel["Q2_K"] < 0.5, rel  # heavy tails + outlier columns
@@ -179,14 +201,16 @@ def test_real_weights_smollm2():
     im = (np.random.default_rng(0).standard_normal((64, x.shape[1])) ** 2).mean(axis=0).astype(np.float32)
     for name in KQUANTS:
         k = get_kernel(name)
-        assert_blocks_equal(k.quantize(x), ggml_quantize(T[name], x), k.type_size, f"SmolLM2 {name} vs llama.cpp")
+        assert_blocks_equal(k.quantize(x), ggml_quantize(T[name], x), k.type_size,
+                            f"SmolLM2 {name} vs llama.cpp")
         assert_blocks_equal(k.quantize(x, imatrix=im), ggml_quantize(T[name], x, im), k.type_size,
                             f"SmolLM2 {name} imatrix vs llama.cpp")
 
 
 def test_q8_k_matches_llama_cpp():
     """Q8_K (intermediate type): quantize_row_q8_K_ref and dequantize_row_q8_K."""
-    x = np.concatenate([normal_rows(rows=32, n=512), heavy_rows(rows=32, n=512), kquant_edge_rows(512)])
+    x = np.concatenate([normal_rows(rows=32, n=512), heavy_rows(rows=32, n=512), kquant_edge_rows(512),
+                        nonfinite_rows(512)])
     out = np.empty((x.shape[0], 2 * 292), dtype=np.uint8)
     kquants.quantize_q8_k(x, np.zeros(0, np.float32), out)
     ref = np.zeros_like(out)  # an all-zero block leaves bsums untouched in C: zero here, as ours
