@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -23,19 +22,10 @@ from gguf import quants as gq  # noqa: E402
 
 from core.kernels import get_kernel  # noqa: E402
 from tests.refs.ggml import quantize as ggml_quantize  # noqa: E402
+from bench._timing import best_times  # noqa: E402
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1"]
-
-
-def best_times(fns: dict, repeat: int) -> dict:
-    best = {k: float("inf") for k in fns}
-    for _ in range(repeat):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            best[k] = min(best[k], time.perf_counter() - t)
-    return best
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -24,18 +23,9 @@ from gguf import quants as gq  # noqa: E402
 
 from core.kernels import get_kernel  # noqa: E402
 from tests.refs.ggml import quantize as ggml_quantize  # noqa: E402
+from bench._timing import best_times  # noqa: E402
 
 TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-
-
-def best_times(fns: dict, repeat: int) -> dict:
-    best = {k: float("inf") for k in fns}
-    for _ in range(repeat):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            best[k] = min(best[k], time.perf_counter() - t)
-    return best
 
 
 def main() -> None:

@@ -48,3 +48,27 @@ def make_bad_gguf(good: str, directory: str, kind: str) -> str:
     with open(path, "wb") as f:
         f.write(bytes(data))
     return path
+
+
+def fill_disk_after(monkeypatch, nbytes: int) -> None:
+    """Make core.gguf_out's files fail with ENOSPC ("No space left on device") after ``nbytes``."""
+    import errno
+
+    import core.gguf_out as mod
+
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > nbytes:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(b)
+
+        def __getattr__(self, k):
+            return getattr(self.f, k)
+
+    monkeypatch.setattr(mod, "open", lambda p, m="r": Full(real_open(p, m)), raising=False)

@@ -1,4 +1,3 @@
-import errno
 import json
 import os
 import signal
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from core.cli import main, parse_size
-from tests.badfiles import make_bad_gguf
+from tests.badfiles import fill_disk_after, make_bad_gguf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -125,24 +124,7 @@ def test_unknown_type_and_bad_size(synthetic_path, tmp_path):
 
 
 def test_disk_full_in_process(synthetic_path, tmp_path, monkeypatch, capsys):
-    import core.gguf_out as mod
-
-    real_open = open
-
-    class Full:
-        def __init__(self, f):
-            self.f, self.n = f, 0
-
-        def write(self, b):
-            self.n += len(b)
-            if self.n > 100_000:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.f.write(b)
-
-        def __getattr__(self, k):
-            return getattr(self.f, k)
-
-    monkeypatch.setattr(mod, "open", lambda p, m="r": Full(real_open(p, m)), raising=False)
+    fill_disk_after(monkeypatch, 100_000)
     out = str(tmp_path / "o.gguf")
     assert main(["quantize", synthetic_path, out, "--type", "Q8_0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

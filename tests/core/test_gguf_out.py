@@ -1,4 +1,3 @@
-import errno
 import os
 
 import numpy as np
@@ -9,6 +8,7 @@ from gguf.constants import GGMLQuantizationType as T, GGUFValueType
 from core.errors import OutputError
 from core.gguf_meta import KV, make_kv
 from core.gguf_out import GGUFLayout, GGUFStreamWriter, OutTensor, shard_path
+from tests.badfiles import fill_disk_after
 
 
 def _kv():
@@ -114,24 +114,7 @@ def test_unwritable_location(tmp_path):
 
 def test_disk_full(tmp_path, monkeypatch):
     """A write that fails with ENOSPC gives one clear error and removes the partial file."""
-    import core.gguf_out as mod
-
-    real_open = open
-
-    class Full:
-        def __init__(self, f):
-            self.f, self.n = f, 0
-
-        def write(self, b):
-            self.n += len(b)
-            if self.n > 2000:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.f.write(b)
-
-        def __getattr__(self, k):
-            return getattr(self.f, k)
-
-    monkeypatch.setattr(mod, "open", lambda p, m="r": Full(real_open(p, m)), raising=False)
+    fill_disk_after(monkeypatch, 2000)
     arrays = _tensors(np.random.default_rng(5), n=8)
     with pytest.raises(OutputError, match="disk full") as e:
         _write(tmp_path / "m.gguf", arrays)
