@@ -8,9 +8,15 @@ from core.sources import open_model
 from tests.badfiles import make_bad_gguf
 
 
-def test_demo_lists_every_tensor_like_gguf_reader(demo_path):
+@pytest.fixture(scope="module")
+def demo_reader(demo_path):
+    """gguf-py's reader of the demo (slow on its 49k-token vocabulary: made once)."""
+    return GGUFReader(demo_path)
+
+
+def test_demo_lists_every_tensor_like_gguf_reader(demo_path, demo_reader):
     src = open_model(demo_path)
-    ref = GGUFReader(demo_path)
+    ref = demo_reader
     assert [t.name for t in src.tensors] == [t.name for t in ref.tensors]
     for ours, theirs in zip(src.tensors, ref.tensors):
         assert ours.shape == tuple(int(d) for d in reversed(theirs.shape))
@@ -23,19 +29,19 @@ def test_demo_lists_every_tensor_like_gguf_reader(demo_path):
     assert len(src.metadata["tokenizer.ggml.tokens"]) == 49152
 
 
-def test_metadata_raw_bytes_equal_the_file(demo_path):
+def test_metadata_raw_bytes_equal_the_file(demo_path, demo_reader):
     src = open_model(demo_path)
-    ref = GGUFReader(demo_path)
+    ref = demo_reader
     for kv in src.kv:
         fld = ref.fields[kv.key]
         assert kv.raw == b"".join(bytes(p.tobytes()) for p in fld.parts[2:]), kv.key
 
 
 @pytest.mark.parametrize("name", ["blk.0.ffn_down.weight", "token_embd.weight", "blk.0.attn_norm.weight"])
-def test_read_rows_matches_gguf_decoder(demo_path, name):
+def test_read_rows_matches_gguf_decoder(demo_path, demo_reader, name):
     src = open_model(demo_path)
     t = src.tensor(name)
-    ref = GGUFReader(demo_path)
+    ref = demo_reader
     rt = next(x for x in ref.tensors if x.name == name)
     full = dequantize(rt.data, rt.tensor_type).reshape(t.n_rows, t.row_len)
     np.testing.assert_array_equal(src.read(name).reshape(t.n_rows, t.row_len), full)
