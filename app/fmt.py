@@ -1,0 +1,46 @@
+"""Text formatting for the views (the CLI's own formatters, plus a few for table cells)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from core.cli import human_bytes, human_count  # noqa: F401  (one way to print sizes everywhere)
+from core.progress import format_duration  # noqa: F401
+
+
+def num(x: Optional[float], digits: int = 4) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "–" if math.isnan(x) else ("∞" if x > 0 else "-∞")
+    return f"{x:.{digits}g}"
+
+
+def pct(x: Optional[float], digits: int = 3) -> str:
+    if x is None:
+        return ""
+    if not math.isfinite(x):
+        return num(x)
+    return f"{100 * x:.{digits}g} %"
+
+
+def db(x: Optional[float]) -> str:
+    if x is None:
+        return ""
+    return "∞ dB" if x == math.inf else f"{x:.1f} dB"
+
+
+def shape(s) -> str:
+    return " × ".join(str(d) for d in s) if s else "scalar"
+
+
+def short_value(v, limit: int = 120) -> str:
+    """A metadata value as one short line (long arrays summarised)."""
+    if isinstance(v, (list, tuple)):
+        head = ", ".join(short_value(x, 24) for x in v[:8])
+        more = f", … ({len(v)} items)" if len(v) > 8 else ""
+        return f"[{head}{more}]"
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    s = str(v).replace("\n", "⏎")
+    return s if len(s) <= limit else s[:limit - 1] + "…"

@@ -1,0 +1,458 @@
+"""The studio window: tensor table and plots in the middle, plan and model on the right,
+preview and quantize below; menus, shortcuts, drag and drop, recent files, settings, errors."""
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Optional
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox,
+                               QSplitter, QTabWidget)
+
+from core.errors import QuantStudioError
+
+from . import planning, theme
+from .plan_panel import PlanPanel
+from .plots import ChannelPlot, HistogramPlot, LayerHeatmap
+from .preview_panel import PreviewPanel
+from .quantize_panel import QuantizePanel
+from .session import Session
+from .summary_panel import SummaryPanel
+from .tensor_table import TensorTable
+from .workers import void
+
+MAX_RECENT = 10
+MODEL_FILTER = "Models (*.gguf *.safetensors);;GGUF (*.gguf);;safetensors (*.safetensors);;All files (*)"
+
+
+class MainWindow(QMainWindow):
+    errorShown = Signal(str, str)           # title, message (every error dialog goes through show_error)
+
+    def __init__(self, session: Optional[Session] = None, follow_system_theme: bool = True):
+        super().__init__()
+        self.s = session or Session(parent=self)
+        self.last_error: Optional[tuple[str, str]] = None
+        self.background_errors: list = []
+        self.current: Optional[str] = None
+        self._boxes: list[QMessageBox] = []
+        self.setWindowTitle("Quant Studio")
+        self.setWindowIcon(theme.app_icon())
+        self.setAcceptDrops(True)
+        self.setDockNestingEnabled(True)
+
+        # centre: table | plots
+        self.table = TensorTable(self.s)
+        self.hist = HistogramPlot()
+        self.channels = ChannelPlot()
+        self.heatmap = LayerHeatmap()
+        self.heatmap.set_session(self.s)
+        self.plots = QTabWidget()
+        self.plots.addTab(self.hist, "Histogram")
+        self.plots.addTab(self.channels, "Channels")
+        self.plots.addTab(self.heatmap, "Layers")
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.table)
+        split.addWidget(self.plots)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setSizes([820, 520])
+        self.splitter = split
+        self.setCentralWidget(split)
+
+        # docks
+        self.summary = SummaryPanel(self.s)
+        self.plan_panel = PlanPanel(self.s, self.table.selected)
+        self.preview = PreviewPanel(self.s)
+        self.quantize = QuantizePanel(self.s)
+        self.docks = {}
+        for key, title, w, area in (("plan", "Plan", self.plan_panel, Qt.DockWidgetArea.RightDockWidgetArea),
+                                    ("model", "Model", self.summary, Qt.DockWidgetArea.RightDockWidgetArea),
+                                    ("preview", "Preview", self.preview, Qt.DockWidgetArea.BottomDockWidgetArea),
+                                    ("quantize", "Quantize", self.quantize, Qt.DockWidgetArea.BottomDockWidgetArea)):
+            d = QDockWidget(title, self)
+            d.setObjectName(f"dock-{key}")
+            d.setWidget(w)
+            self.addDockWidget(area, d)
+            self.docks[key] = d
+        self.tabifyDockWidget(self.docks["plan"], self.docks["model"])
+        self.tabifyDockWidget(self.docks["preview"], self.docks["quantize"])
+        self.docks["plan"].raise_()
+        self.docks["preview"].raise_()
+        self.resizeDocks([self.docks["plan"]], [340], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.docks["preview"]], [300], Qt.Orientation.Vertical)
+
+        # status bar
+        self.stats_label = QLabel("")
+        self.warm_label = QLabel("")
+        self.statusBar().addPermanentWidget(self.stats_label)
+        self.statusBar().addPermanentWidget(self.warm_label)
+
+        self._make_menus()
+        self._heat_timer = QTimer(self, singleShot=True, interval=400)
+        self._heat_timer.timeout.connect(self.heatmap.redraw)
+
+        s = self.s
+        s.modelOpening.connect(lambda p: self.status(f"Opening {p}…"))
+        s.modelOpened.connect(self._opened)
+        s.openFailed.connect(lambda p, e: self.show_error("Cannot open model", e))
+        s.planFailed.connect(lambda e: self.show_error("Plan not changed", e))
+        s.statsReady.connect(self._stats_ready)
+        s.statsProgress.connect(self._stats_progress)
+        s.planErrorReady.connect(lambda _: self._heat_timer.start())
+        s.planChanged.connect(self._plan_changed)
+        s.overlayReady.connect(self._overlay)
+        s.warmupDone.connect(lambda: self.warm_label.setText("kernels ready"))
+        s.backgroundError.connect(self._background_error)
+        self.table.tensorSelected.connect(self.select_tensor)
+        self.heatmap.tensorClicked.connect(lambda name: void(self.table.select, name))
+        self.preview.typeChosen.connect(self._overlay_type)
+        self.plan_panel.saveRequested.connect(self.save_plan_dialog)
+        self.plan_panel.loadRequested.connect(self.load_plan_dialog)
+        self.plan_panel.imatrixRequested.connect(self.imatrix_dialog)
+        self.plan_panel.copyRequested.connect(self.copy_cli)
+        self.plan_panel.copyLlamaRequested.connect(self.copy_llama)
+        self.quantize.errorRaised.connect(self.show_error)
+        self.quantize.started.connect(self._job_started)
+        self.quantize.done.connect(lambda r: self.status(f"Wrote {r.paths[0]}", 10000))
+        self.quantize.stopped.connect(lambda why: self.status(f"Quantization {why}; no output was written", 10000))
+
+        self.dark = False
+        if follow_system_theme:
+            app = QApplication.instance()
+            self.set_dark(theme.system_is_dark(app))
+            if hasattr(app.styleHints(), "colorSchemeChanged"):
+                app.styleHints().colorSchemeChanged.connect(
+                    lambda scheme: self.set_dark(scheme == Qt.ColorScheme.Dark))
+        self._restore()
+
+    def _job_started(self) -> None:
+        self.docks["quantize"].raise_()
+        self.status("Quantizing…")
+
+    # -- menus --------------------------------------------------------------------------------
+    def _action(self, menu, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+        a = QAction(text, self)
+        if shortcut is not None:
+            a.setShortcut(QKeySequence(shortcut))
+        if tip:
+            a.setStatusTip(tip)
+        a.triggered.connect(lambda _=False: void(slot))
+        menu.addAction(a)
+        return a
+
+    def _make_menus(self) -> None:
+        mb = self.menuBar()
+        f = mb.addMenu("&File")
+        self._action(f, "&Open Model…", self.open_dialog, QKeySequence.StandardKey.Open,
+                     "Open a GGUF or .safetensors file")
+        self._action(f, "Open Hugging Face &Folder…", self.open_folder_dialog, "Ctrl+Shift+O",
+                     "Open a folder with config.json and safetensors shards")
+        self._action(f, "Open &Demo Model", self.open_demo, None, "SmolLM2-135M-Instruct (GGUF, Q4_1)")
+        self.recent_menu = f.addMenu("Open &Recent")
+        f.addSeparator()
+        self._action(f, "&Load Plan…", self.load_plan_dialog, "Ctrl+L")
+        self._action(f, "&Save Plan…", self.save_plan_dialog, QKeySequence.StandardKey.Save)
+        self._action(f, "Load &imatrix…", self.imatrix_dialog, "Ctrl+I")
+        f.addSeparator()
+        self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        e = mb.addMenu("&Edit")
+        self._action(e, "&Find Tensor", self._focus_filter, QKeySequence.StandardKey.Find)
+        self._action(e, "&Copy CLI Command", self.copy_cli, "Ctrl+Shift+C")
+        v = mb.addMenu("&View")
+        for d in self.docks.values():
+            v.addAction(d.toggleViewAction())
+        v.addSeparator()
+        for i, name in enumerate(("Histogram", "Channels", "Layers")):
+            self._action(v, name, lambda i=i: self.plots.setCurrentIndex(i), f"Ctrl+{i + 1}")
+        q = mb.addMenu("&Quantize")
+        self.run_action = self._action(q, "&Run", self.run_quantize, "Ctrl+R", "Quantize with the current plan")
+        self._action(q, "&Cancel", self.quantize.cancel, "Ctrl+.")
+        h = mb.addMenu("&Help")
+        self._action(h, "&About Quant Studio", self._about)
+        self._refresh_recent()
+
+    def _focus_filter(self) -> None:
+        self.table.filter.setFocus()
+        self.table.filter.selectAll()
+
+    def _about(self) -> None:
+        from core import __version__
+        QMessageBox.about(self, "About Quant Studio",
+                          f"<b>Quant Studio</b> {__version__}<br>Inspect, plan, preview and quantize language "
+                          "models to GGUF for llama.cpp.")
+
+    # -- feedback -----------------------------------------------------------------------------
+    def status(self, text: str, ms: int = 5000) -> None:
+        self.statusBar().showMessage(text, ms)
+
+    def _background_error(self, what: str, error) -> None:
+        """A background computation failed: say so in the status bar (no dialog for work the user did
+        not ask for explicitly)."""
+        self.background_errors.append((what, error))
+        text = str(error) if isinstance(error, QuantStudioError) else f"{type(error).__name__}: {error}"
+        self.status(f"{what} failed: {text}", 15000)
+
+    def show_error(self, title: str, error) -> None:
+        """Every error dialog passes here: non-blocking (``open()``), recorded in ``last_error``."""
+        detail = None
+        if isinstance(error, QuantStudioError) or isinstance(error, str):
+            text = str(error)
+        elif isinstance(error, MemoryError):
+            text = "out of memory"
+        else:
+            text = f"internal error: {type(error).__name__}: {error}"
+            detail = getattr(error, "traceback_text", None) or "".join(
+                traceback.format_exception(type(error), error, error.__traceback__))
+        self.last_error = (title, text)
+        self.status(f"{title}: {text}", 10000)
+        box = QMessageBox(QMessageBox.Icon.Critical, title, text, QMessageBox.StandardButton.Ok, self)
+        if detail:
+            box.setDetailedText(detail)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self._boxes.append(box)
+        box.finished.connect(lambda _=0, b=box: self._boxes.remove(b) if b in self._boxes else None)
+        box.open()
+        self.errorShown.emit(title, text)
+
+    # -- opening ------------------------------------------------------------------------------
+    def open_path(self, path: str) -> None:
+        self.s.open(path)
+
+    def open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open model", self._last_dir(), MODEL_FILTER)
+        if path:
+            self.open_path(path)
+
+    def open_folder_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open Hugging Face folder", self._last_dir())
+        if path:
+            self.open_path(path)
+
+    def open_demo(self) -> None:
+        from core.demo import demo_model_path
+        try:
+            self.open_path(demo_model_path())
+        except QuantStudioError as e:
+            self.show_error("Demo model unavailable", e)
+
+    def _last_dir(self) -> str:
+        recent = self.recent_files()
+        return os.path.dirname(recent[0]) if recent else os.path.expanduser("~")
+
+    def _opened(self) -> None:
+        src = self.s.source
+        self.setWindowTitle(f"Quant Studio — {src.name}")
+        self._add_recent(self.s.path)
+        self.hist.clear()
+        self.channels.clear()
+        self.current = None
+        self.heatmap.redraw()
+        sm = src.summary()
+        self.status(f"Opened {src.name}: {sm['n_tensors']} tensors, {sm['n_params']:,} parameters"
+                    + (f" — {self.s.note}" if self.s.note else ""), 10000)
+        first = next((t.name for t in src.tensors if planning.quantizable(src, t.name)), None)
+        if first is None and src.tensors:
+            first = src.tensors[0].name
+        if first:
+            self.table.select(first)
+
+    # -- selection ------------------------------------------------------------------------------
+    def select_tensor(self, name: str) -> None:
+        if self.s.source is None or name not in self.s.source:
+            return
+        self.current = name
+        st = self.s.stats.get(name)
+        self.hist.set_stats(st)
+        self.channels.set_stats(st)
+        if st is None:
+            self.s.ensure_stats(name)
+        self.preview.show_tensor(name)
+        self._request_overlay()
+
+    def _overlay_type(self, t: str) -> None:
+        if self.current:
+            self.s.request_overlay(self.current, t)
+
+    def _request_overlay(self) -> None:
+        name = self.current
+        if name is None or self.s.plan is None or not planning.quantizable(self.s.source, name):
+            return
+        t = self.preview.selected_type() or self.s.plan.entry(name).type
+        self.s.request_overlay(name, t)
+
+    def _overlay(self, name: str, t: str, st) -> None:
+        if name == self.current:
+            self.hist.set_overlay(t, st)
+
+    def _stats_ready(self, name: str) -> None:
+        if name == self.current:
+            st = self.s.stats[name]
+            ov, ot = self.hist.overlay, self.hist.overlay_type
+            self.hist.set_stats(st)
+            if ov is not None:
+                self.hist.set_overlay(ot, ov)
+            self.channels.set_stats(st)
+        self._heat_timer.start()
+
+    def _stats_progress(self, done: int, total: int) -> None:
+        self.stats_label.setText("statistics complete" if done >= total else f"statistics {done}/{total}")
+
+    def _plan_changed(self) -> None:
+        self._heat_timer.start()
+        if self.current and self.s.plan is not None and self.preview.selected_type() is None:
+            if self.hist.overlay_type != self.s.plan.entry(self.current).type:
+                self._request_overlay()
+
+    # -- plan files, imatrix, CLI ---------------------------------------------------------------
+    def save_plan_dialog(self) -> None:
+        if self.s.plan is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save plan", self._plan_name(), "Plan (*.json)")
+        if path:
+            self.save_plan(path)
+
+    def _plan_name(self) -> str:
+        return os.path.join(self._last_dir(), f"{self.s.source.name}.{self.s.spec.preset}.plan.json")
+
+    def save_plan(self, path: str) -> bool:
+        try:
+            self.s.save_plan(path)
+        except QuantStudioError as e:
+            self.show_error("Cannot save plan", e)
+            return False
+        self.status(f"Plan saved to {path}")
+        return True
+
+    def load_plan_dialog(self) -> None:
+        if self.s.source is None:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Load plan", self._last_dir(), "Plan (*.json);;All files (*)")
+        if path:
+            self.load_plan(path)
+
+    def load_plan(self, path: str) -> bool:
+        try:
+            self.s.load_plan(path)
+        except (QuantStudioError, OSError) as e:
+            self.show_error("Cannot load plan", e if isinstance(e, QuantStudioError) else
+                            QuantStudioError(e.strerror or str(e), path))
+            return False
+        self.status(f"Plan loaded from {path}")
+        return True
+
+    def imatrix_dialog(self) -> None:
+        if self.s.source is None:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Load imatrix", self._last_dir(),
+                                              "imatrix (*.gguf *.dat);;All files (*)")
+        if path:
+            self.load_imatrix(path)
+
+    def load_imatrix(self, path: str):
+        h = self.s.load_imatrix(path)
+        if h is not None:
+            h.failed.connect(lambda e: self.show_error("Cannot load imatrix", e))
+            h.succeeded.connect(lambda _: self.status(f"imatrix loaded: {os.path.basename(path)}"))
+        return h
+
+    def cli_command(self) -> str:
+        if self.s.source is None:
+            return ""
+        return planning.cli_command(self.s.source.path, self.quantize.output.text(), self.s.spec,
+                                    self.s.imatrix_path, self.quantize.threads.value())
+
+    def copy_cli(self) -> None:
+        cmd = self.cli_command()
+        if cmd:
+            QGuiApplication.clipboard().setText(cmd)
+            self.status("Copied: " + cmd, 8000)
+
+    def copy_llama(self) -> None:
+        if self.s.plan is None:
+            return
+        try:
+            cmd = planning.llama_quantize_command(self.s.plan, self.s.source.path, self.quantize.output.text(),
+                                                  self.s.imatrix_path, self.quantize.threads.value())
+        except QuantStudioError as e:
+            self.show_error("No llama-quantize equivalent", e)
+            return
+        QGuiApplication.clipboard().setText(cmd)
+        self.status("Copied: " + cmd, 8000)
+
+    def run_quantize(self):
+        return self.quantize.start()
+
+    # -- recent files and settings ------------------------------------------------------------
+    def recent_files(self) -> list[str]:
+        v = theme.settings().value("recentFiles", [])
+        if isinstance(v, str):
+            v = [v]
+        return [p for p in (v or []) if isinstance(p, str)]
+
+    def _add_recent(self, path: str) -> None:
+        path = os.path.abspath(path)
+        files = [path] + [p for p in self.recent_files() if p != path]
+        theme.settings().setValue("recentFiles", files[:MAX_RECENT])
+        self._refresh_recent()
+
+    def _refresh_recent(self) -> None:
+        self.recent_menu.clear()
+        files = self.recent_files()
+        for i, p in enumerate(files):
+            a = self.recent_menu.addAction(f"&{i + 1} {os.path.basename(os.path.normpath(p))}")
+            a.setToolTip(p)
+            a.setStatusTip(p)
+            a.triggered.connect(lambda _=False, p=p: self.open_path(p))
+        self.recent_menu.setEnabled(bool(files))
+
+    def _restore(self) -> None:
+        st = theme.settings()
+        geo, state = st.value("window/geometry"), st.value("window/state")
+        if geo is not None:
+            self.restoreGeometry(geo)
+        else:
+            self.resize(1500, 940)
+        if state is not None:
+            self.restoreState(state)
+
+    def first_start(self) -> bool:
+        return not theme.settings().value("started", False, type=bool)
+
+    def set_dark(self, dark: bool) -> None:
+        self.dark = dark
+        theme.apply(QApplication.instance(), dark)
+        for p in (self.hist, self.channels, self.heatmap, self.preview.frontier):
+            p.set_dark(dark)
+        self.table.model.refresh_palette()
+
+    # -- drag and drop, closing -------------------------------------------------------------------
+    def dragEnterEvent(self, ev) -> None:
+        if ev.mimeData().hasUrls() and any(u.isLocalFile() for u in ev.mimeData().urls()):
+            ev.acceptProposedAction()
+
+    def dropEvent(self, ev) -> None:
+        paths = [u.toLocalFile() for u in ev.mimeData().urls() if u.isLocalFile()]
+        if not paths:
+            return
+        ev.acceptProposedAction()
+        self.open_dropped(paths[0])
+
+    def open_dropped(self, path: str) -> None:
+        low = path.lower()
+        if low.endswith(".json") and self.s.source is not None:
+            self.load_plan(path)
+        elif low.endswith(".dat") and self.s.source is not None:
+            self.load_imatrix(path)
+        else:
+            self.open_path(path)
+
+    def closeEvent(self, ev) -> None:
+        st = theme.settings()
+        st.setValue("window/geometry", self.saveGeometry())
+        st.setValue("window/state", self.saveState())
+        st.setValue("started", True)
+        st.sync()
+        self.s.shutdown()
+        super().closeEvent(ev)

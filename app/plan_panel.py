@@ -1,0 +1,259 @@
+"""The plan panel: preset, imatrix, token-embedding/output types, rules, type of the selection,
+save/load, copy the CLI command. Every change goes to the session as a new PlanSpec."""
+from __future__ import annotations
+
+from typing import Callable
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
+                               QLabel, QLineEdit, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
+                               QVBoxLayout, QWidget)
+
+from . import planning
+from .session import Session, _copy_spec
+
+DEFAULT = "(preset's choice)"
+
+
+def type_combo(with_default: bool = False, row_len=None) -> QComboBox:
+    c = QComboBox()
+    if with_default:
+        c.addItem(DEFAULT)
+    for t in planning.type_names(row_len):
+        c.addItem(t)
+        c.setItemData(c.count() - 1, planning.type_description(t), Qt.ItemDataRole.ToolTipRole)
+    return c
+
+
+class PlanPanel(QWidget):
+    """Emits the user's requests; file dialogs live in the main window (``saveRequested`` etc.)."""
+
+    saveRequested = Signal()
+    loadRequested = Signal()
+    imatrixRequested = Signal()
+    copyRequested = Signal()
+    copyLlamaRequested = Signal()
+
+    def __init__(self, session: Session, selected: Callable[[], list[str]], parent=None):
+        super().__init__(parent)
+        self.s = session
+        self.selected = selected
+        self._updating = False
+
+        self.preset = QComboBox()
+        self.preset.setToolTip("llama-quantize file type: the type mix the plan starts from")
+        for p in planning.preset_names():
+            self.preset.addItem(p)
+            self.preset.setItemData(self.preset.count() - 1, planning.preset_description(p),
+                                    Qt.ItemDataRole.ToolTipRole)
+        self.tok_type = type_combo(True)
+        self.tok_type.setToolTip("Type of token_embd.weight (llama-quantize --token-embedding-type)")
+        self.out_type = type_combo(True)
+        self.out_type.setToolTip("Type of output.weight (llama-quantize --output-tensor-type)")
+        self.imatrix_label = QLabel("none")
+        self.imatrix_label.setWordWrap(True)
+        self.imatrix_btn = QPushButton("Load imatrix…")
+        self.imatrix_btn.setToolTip("Importance matrix from llama-imatrix (.gguf or legacy .dat)")
+        self.imatrix_clear = QPushButton("Clear")
+        im = QHBoxLayout()
+        im.addWidget(self.imatrix_btn)
+        im.addWidget(self.imatrix_clear)
+        form = QFormLayout()
+        form.addRow("Preset:", self.preset)
+        form.addRow("Token embedding:", self.tok_type)
+        form.addRow("Output:", self.out_type)
+        form.addRow("imatrix:", self.imatrix_label)
+        form.addRow("", im)
+
+        # selection
+        self.sel_type = type_combo()
+        self.sel_type.setCurrentText("Q8_0")
+        self.sel_apply = QPushButton("Set selected")
+        self.sel_apply.setToolTip("Give every selected tensor in the table this type")
+        self.manual = QLabel()
+        self.manual_clear = QPushButton("Clear manual types")
+        sel = QGroupBox("Selected tensors")
+        sl = QVBoxLayout(sel)
+        row = QHBoxLayout()
+        row.addWidget(self.sel_type, 1)
+        row.addWidget(self.sel_apply)
+        sl.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(self.manual, 1)
+        row.addWidget(self.manual_clear)
+        sl.addLayout(row)
+
+        # rules
+        rules = QGroupBox("Rules (first match wins; layer ranges after regexes)")
+        rl = QVBoxLayout(rules)
+        self.rules = QTableWidget(0, 3)
+        self.rules.setHorizontalHeaderLabels(["Pattern (regex)", "Layers", "Type"])
+        self.rules.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.rules.verticalHeader().setVisible(False)
+        self.rules.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.rules.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.rules.setMaximumHeight(120)
+        self.rule_pat = QLineEdit(placeholderText="e.g. ffn_down|attn_v")
+        self.rule_lo = QSpinBox(minimum=-1, maximum=9999, value=-1, specialValueText="all")
+        self.rule_hi = QSpinBox(minimum=-1, maximum=9999, value=-1, specialValueText="–")
+        self.rule_type = type_combo()
+        self.rule_type.setCurrentText("Q6_K" if "Q6_K" in planning.type_names() else "Q8_0")
+        self.rule_add = QPushButton("Add")
+        self.rule_del = QPushButton("Remove")
+        r1 = QHBoxLayout()
+        r1.addWidget(self.rule_pat, 1)
+        r1.addWidget(QLabel("layers"))
+        r1.addWidget(self.rule_lo)
+        r1.addWidget(self.rule_hi)
+        r2 = QHBoxLayout()
+        r2.addWidget(self.rule_type, 1)
+        r2.addWidget(self.rule_add)
+        r2.addWidget(self.rule_del)
+        rl.addWidget(self.rules)
+        rl.addLayout(r1)
+        rl.addLayout(r2)
+
+        self.save_btn = QPushButton("Save plan…")
+        self.load_btn = QPushButton("Load plan…")
+        self.copy_btn = QPushButton("Copy CLI command")
+        self.copy_btn.setToolTip("Copy the quant-studio command line that makes this plan")
+        self.copy_llama_btn = QPushButton("Copy llama-quantize command")
+        self.copy_llama_btn.setToolTip("Copy llama-quantize arguments that reproduce this plan exactly")
+        files = QGridLayout()
+        files.addWidget(self.save_btn, 0, 0)
+        files.addWidget(self.load_btn, 0, 1)
+        files.addWidget(self.copy_btn, 1, 0)
+        files.addWidget(self.copy_llama_btn, 1, 1)
+        self.warnings = QLabel()
+        self.warnings.setWordWrap(True)
+        self.warnings.setStyleSheet("color: #d97706;")
+        self.counts = QLabel()
+        self.counts.setWordWrap(True)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.counts)
+        lay.addWidget(self.warnings)
+        lay.addWidget(sel)
+        lay.addWidget(rules)
+        lay.addLayout(files)
+        lay.addStretch(1)
+
+        self.preset.currentTextChanged.connect(self._preset)
+        self.tok_type.currentTextChanged.connect(self._special)
+        self.out_type.currentTextChanged.connect(self._special)
+        self.sel_apply.clicked.connect(self._apply_selection)
+        self.manual_clear.clicked.connect(self._clear_manual)
+        self.rule_add.clicked.connect(self._add_rule)
+        self.rule_del.clicked.connect(self._del_rule)
+        self.save_btn.clicked.connect(self.saveRequested)
+        self.load_btn.clicked.connect(self.loadRequested)
+        self.copy_btn.clicked.connect(self.copyRequested)
+        self.copy_llama_btn.clicked.connect(self.copyLlamaRequested)
+        self.imatrix_btn.clicked.connect(self.imatrixRequested)
+        self.imatrix_clear.clicked.connect(lambda: self.s.load_imatrix(None))
+        session.planChanged.connect(self.refresh)
+        session.imatrixChanged.connect(self._imatrix)
+        session.modelOpened.connect(self.refresh)
+        self.refresh()
+
+    # -- from the session -------------------------------------------------------------------
+    def refresh(self) -> None:
+        self._updating = True
+        try:
+            spec = self.s.spec
+            i = self.preset.findText(spec.preset)
+            if i >= 0:
+                self.preset.setCurrentIndex(i)
+            self.tok_type.setCurrentText(spec.token_embedding_type or DEFAULT)
+            self.out_type.setCurrentText(spec.output_tensor_type or DEFAULT)
+            self.rules.setRowCount(len(spec.rules))
+            for r, rule in enumerate(spec.rules):
+                layers = "all" if rule.layer_lo is None else f"{rule.layer_lo}–{rule.layer_hi}"
+                for c, text in enumerate((rule.pattern, layers, rule.type)):
+                    it = QTableWidgetItem(text)
+                    it.setToolTip(rule.regex())
+                    self.rules.setItem(r, c, it)
+            plan = self.s.plan
+            if plan is not None:
+                counts = sorted(plan.type_counts().items(), key=lambda kv: -kv[1])
+                self.counts.setText("Types: " + ", ".join(f"{t} ×{n}" for t, n in counts))
+            self.counts.setVisible(plan is not None)
+            warn = list(plan.warnings) if plan is not None else []
+            self.warnings.setText("\n".join("⚠ " + w for w in warn))
+            self.warnings.setVisible(bool(warn))
+            n = len(spec.overrides)
+            self.manual.setText(f"{n} manual type{'s' if n != 1 else ''}")
+            self.manual_clear.setEnabled(n > 0)
+            enabled = self.s.source is not None
+            for w in (self.preset, self.tok_type, self.out_type, self.sel_apply, self.rule_add, self.save_btn,
+                      self.load_btn, self.copy_btn, self.copy_llama_btn, self.imatrix_btn):
+                w.setEnabled(enabled)
+        finally:
+            self._updating = False
+
+    def _imatrix(self) -> None:
+        s = self.s
+        if s.imatrix is None:
+            self.imatrix_label.setText("none")
+            self.imatrix_label.setToolTip("")
+            return
+        import os
+        m = getattr(s, "imatrix_match", None)
+        self.imatrix_label.setText(f"{os.path.basename(s.imatrix_path)} ({len(s.imatrix)} entries)"
+                                   + (f"<br><small>{m.summary()}</small>" if m is not None else ""))
+        self.imatrix_label.setToolTip("\n".join(m.errors[:10]) if m is not None and m.errors else s.imatrix_path)
+
+    # -- to the session ---------------------------------------------------------------------
+    def _preset(self, name: str) -> None:
+        if not self._updating and name and self.s.source is not None and name != self.s.spec.preset:
+            if not self.s.set_preset(name):
+                self.refresh()
+
+    def _special(self, *_) -> None:
+        if self._updating or self.s.source is None:
+            return
+        spec = _copy_spec(self.s.spec)
+        tok, out = self.tok_type.currentText(), self.out_type.currentText()
+        spec.token_embedding_type = None if tok == DEFAULT else tok
+        spec.output_tensor_type = None if out == DEFAULT else out
+        if not self.s.set_spec(spec):
+            self.refresh()
+
+    def _apply_selection(self) -> None:
+        names = self.selected()
+        if names:
+            self.s.set_types(names, self.sel_type.currentText())
+
+    def _clear_manual(self) -> None:
+        spec = _copy_spec(self.s.spec)
+        spec.overrides = {}
+        self.s.set_spec(spec)
+
+    def _add_rule(self) -> None:
+        import re
+        pat = self.rule_pat.text().strip()
+        if not pat:
+            return
+        try:
+            re.compile(pat)
+        except re.error as e:
+            from core.errors import PlanError
+            self.s.planFailed.emit(PlanError(f"invalid regex '{pat}': {e}"))
+            return
+        lo, hi = self.rule_lo.value(), self.rule_hi.value()
+        rule = planning.Rule(pat, self.rule_type.currentText(), None if lo < 0 else lo,
+                             None if lo < 0 else (max(lo, hi) if hi >= 0 else lo))
+        spec = _copy_spec(self.s.spec)
+        spec.rules.append(rule)
+        if self.s.set_spec(spec):
+            self.rule_pat.clear()
+
+    def _del_rule(self) -> None:
+        rows = sorted({i.row() for i in self.rules.selectedIndexes()}, reverse=True)
+        if not rows:
+            return
+        spec = _copy_spec(self.s.spec)
+        for r in rows:
+            del spec.rules[r]
+        self.s.set_spec(spec)

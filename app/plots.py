@@ -1,0 +1,373 @@
+"""pyqtgraph views of core results: weight histogram (with outliers and the dequantized
+histogram of a type), per-channel abs-max, layer-by-layer heat map, size vs error of presets.
+They only draw what core computed."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QFont
+from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from . import fmt
+
+pg.setConfigOptions(antialias=True, imageAxisOrder="row-major")
+
+ACCENT = "#3e8ef7"
+OVERLAY = "#f5a524"
+WARN = "#e5484d"
+_LAYER_PREFIX = re.compile(r"^.*?(?:blk|layers|h|block|blocks)\.\d+\.")
+
+
+def style_plot(pw: pg.PlotWidget, dark: bool) -> None:
+    pw.setBackground("#1e1f24" if dark else "#ffffff")
+    fg = "#c9cbd1" if dark else "#33353d"
+    for ax in ("left", "bottom", "right", "top"):
+        a = pw.getPlotItem().getAxis(ax)
+        a.setPen(pg.mkPen(fg))
+        a.setTextPen(pg.mkPen(fg))
+    pw.getPlotItem().titleLabel.setText(pw.getPlotItem().titleLabel.text, color=fg)
+
+
+class _PlotPanel(QWidget):
+    """A plot with a row of controls above it and a caption below."""
+
+    def __init__(self, title: str, parent=None):
+        super().__init__(parent)
+        self.pw = pg.PlotWidget()
+        self.pw.setTitle(title)
+        self.pw.showGrid(x=True, y=True, alpha=0.15)
+        self.controls = QHBoxLayout()
+        self.caption = QLabel()
+        self.caption.setWordWrap(True)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addLayout(self.controls)
+        lay.addWidget(self.pw, 1)
+        lay.addWidget(self.caption)
+        self.dark = False
+
+    def set_dark(self, dark: bool) -> None:
+        self.dark = dark
+        style_plot(self.pw, dark)
+
+
+class HistogramPlot(_PlotPanel):
+    """Weight histogram (linear or log counts), outlier thresholds and the largest values marked,
+    and the histogram of the same weights after a round trip through the selected type. The plot
+    items are made once and only their data change (cheap redraws while workers run)."""
+
+    def __init__(self, parent=None):
+        super().__init__("Weight histogram", parent)
+        self.log = QCheckBox("Log counts", checked=True)
+        self.show_overlay = QCheckBox("Dequantized overlay", checked=True)
+        self.show_overlay.setToolTip("Histogram of a sample of rows after quantizing to the selected type "
+                                     "and back: the levels the type can represent")
+        self.controls.addWidget(self.log)
+        self.controls.addWidget(self.show_overlay)
+        self.controls.addStretch(1)
+        self.pw.setLabel("bottom", "weight value")
+        self.pw.setLabel("left", "count")
+        pi = self.pw.getPlotItem()
+        pi.addLegend(offset=(10, 10))
+        self.curve = pg.PlotDataItem(stepMode="center", pen=pg.mkPen(ACCENT, width=1.2),
+                                     brush=pg.mkBrush(QColor(ACCENT).lighter(110).name() + "80"), name="weights")
+        self.ov_curve = pg.PlotDataItem(stepMode="center", pen=pg.mkPen(OVERLAY, width=1.4), name="dequantized")
+        self.top_marks = pg.PlotDataItem(pen=None, symbol="t1", symbolSize=9, symbolBrush=pg.mkBrush(WARN),
+                                         symbolPen=None, name="largest |w|")
+        self.sigma_lines = [pg.InfiniteLine(0.0, angle=90, pen=pg.mkPen(c, width=1, style=st))
+                            for c, st in ((OVERLAY, Qt.PenStyle.DotLine),) * 2 + ((WARN, Qt.PenStyle.DashLine),) * 2]
+        for it in [self.curve, self.ov_curve, self.top_marks] + self.sigma_lines:
+            pi.addItem(it)
+        self.stats = None
+        self.overlay = None
+        self.overlay_type = ""
+        self.log.toggled.connect(self.redraw)
+        self.show_overlay.toggled.connect(self.redraw)
+        self.redraw()
+
+    def set_stats(self, st) -> None:
+        self.stats = st
+        self.overlay = None
+        self.redraw()
+
+    def set_overlay(self, qtype: str, st) -> None:
+        self.overlay, self.overlay_type = st, qtype
+        self.redraw()
+
+    def clear(self) -> None:
+        self.stats = self.overlay = None
+        self.redraw()
+
+    def redraw(self) -> None:
+        pi = self.pw.getPlotItem()
+        log = self.log.isChecked()
+        if pi.ctrl.logYCheck.isChecked() != log:
+            pi.setLogMode(False, log)
+        st = self.stats
+        if st is None or st.n_finite == 0:
+            for it in [self.curve, self.ov_curve, self.top_marks] + self.sigma_lines:
+                it.setVisible(False)
+            self.caption.setText("Statistics are being computed…" if st is None else "No finite values.")
+            return
+        floor = 0.5 if log else 0.0       # log axes cannot show empty bins: draw them at 1/2
+        self.curve.setFillLevel(math.log10(floor) if log else 0.0)   # in view (log) coordinates
+        self.curve.setData(st.hist_edges, np.maximum(st.hist_counts.astype(np.float64), floor))
+        self.curve.setVisible(True)
+        ov = self.overlay
+        show_ov = ov is not None and self.show_overlay.isChecked() and ov.n_finite > 0
+        if show_ov:
+            wo = (st.hist_edges[-1] - st.hist_edges[0]) / max(len(st.hist_counts), 1)
+            wd = (ov.hist_edges[-1] - ov.hist_edges[0]) / max(len(ov.hist_counts), 1)
+            scale = (st.n_finite / ov.n_finite) * (wo / wd if wd > 0 else 1.0)   # same area as the weights
+            self.ov_curve.setData(ov.hist_edges, np.maximum(ov.hist_counts * scale, floor))
+        self.ov_curve.setVisible(show_ov)
+        has_sigma = math.isfinite(st.std) and st.std > 0
+        for line, k in zip(self.sigma_lines, (-3, 3, -6, 6)):
+            if has_sigma:
+                line.setValue(st.mean + k * st.std)
+            line.setVisible(has_sigma)
+        if st.top:
+            xs = np.array([v for v, _, _ in st.top], dtype=np.float64)
+            self.top_marks.setData(xs, np.full(xs.size, 1.0))
+        self.top_marks.setVisible(bool(st.top))
+        pi.enableAutoRange()
+        o3, o6 = st.outliers_k.get(3, 0), st.outliers_k.get(6, 0)
+        self.caption.setText(
+            f"{st.n_finite:,} weights · mean {fmt.num(st.mean, 3)} · std {fmt.num(st.std, 3)} · kurtosis "
+            f"{fmt.num(st.kurtosis, 3)} · beyond 3σ: {o3:,} · beyond 6σ: <span style='color:{WARN}'>{o6:,}</span>"
+            + (f" · NaN {st.nan_count:,} · Inf {st.inf_count:,}" if st.nan_count or st.inf_count else "")
+            + (f" · orange: after {self.overlay_type} (sample of rows)" if show_ov else ""))
+
+
+class ChannelPlot(_PlotPanel):
+    """Abs-max per input channel (column) or per output row; outlier channels highlighted."""
+
+    FACTOR = 4.0       # a channel is marked when its |max| exceeds FACTOR x the median
+
+    def __init__(self, parent=None):
+        super().__init__("Per-channel |max|", parent)
+        self.axis = QComboBox()
+        self.axis.addItems(["Input channels (columns)", "Output rows"])
+        self.controls.addWidget(self.axis)
+        self.controls.addStretch(1)
+        self.pw.setLabel("left", "|max|")
+        pi = self.pw.getPlotItem()
+        self.curve = pg.PlotDataItem(pen=pg.mkPen(ACCENT, width=1), fillLevel=0,
+                                     brush=pg.mkBrush(QColor(ACCENT).name() + "40"))
+        self.median = pg.InfiniteLine(0.0, angle=0, pen=pg.mkPen("#8b8d98", style=Qt.PenStyle.DashLine),
+                                      label="median", labelOpts={"position": 0.05, "color": "#8b8d98"})
+        self.marks = pg.ScatterPlotItem(size=7, brush=pg.mkBrush(WARN), pen=pg.mkPen(None))
+        for it in (self.curve, self.median, self.marks):
+            pi.addItem(it)
+        self.stats = None
+        self.axis.currentIndexChanged.connect(self.redraw)
+        self.redraw()
+
+    def set_stats(self, st) -> None:
+        self.stats = st
+        self.redraw()
+
+    def clear(self) -> None:
+        self.stats = None
+        self.redraw()
+
+    def redraw(self) -> None:
+        st = self.stats
+        if st is None or st.n_finite == 0:
+            for it in (self.curve, self.median, self.marks):
+                it.setVisible(False)
+            self.caption.setText("")
+            return
+        cols = self.axis.currentIndex() == 0
+        vals = st.col_absmax if cols else st.row_absmax
+        ratio = st.col_absmax_ratio if cols else st.row_absmax_ratio
+        self.pw.setLabel("bottom", "input channel" if cols else "output row")
+        x = np.arange(vals.size)
+        self.curve.setData(x, vals)
+        self.curve.setVisible(True)
+        median = float(vals.max()) / ratio if ratio and math.isfinite(ratio) and ratio > 0 else None
+        n_out = 0
+        if median:
+            self.median.setValue(median)
+            mask = vals > self.FACTOR * median
+            n_out = int(mask.sum())
+            self.marks.setData(x[mask], vals[mask])
+        self.median.setVisible(bool(median))
+        self.marks.setVisible(n_out > 0)
+        self.pw.getPlotItem().enableAutoRange()
+        what = "channels" if cols else "rows"
+        self.caption.setText(f"{vals.size:,} {what} · max/median {fmt.num(ratio, 3)} · "
+                             f"{n_out} {what} above {self.FACTOR:g}× the median (red)")
+
+
+def tensor_kind(name: str) -> str:
+    return _LAYER_PREFIX.sub("", name)
+
+
+class LayerHeatmap(_PlotPanel):
+    """One metric for every (tensor kind, layer); click a cell to select that tensor."""
+
+    tensorClicked = Signal(str)
+    METRICS = ["Kurtosis", "Std", "Absmax", "Col spread", "Beyond 6σ", "Predicted error"]
+
+    def __init__(self, parent=None):
+        super().__init__("Layer by layer", parent)
+        self.metric = QComboBox()
+        self.metric.addItems(self.METRICS)
+        self.metric.setToolTip("What the colour shows: a statistic, or the predicted error of the planned type")
+        self.controls.addWidget(QLabel("Colour:"))
+        self.controls.addWidget(self.metric)
+        self.controls.addStretch(1)
+        self.img = pg.ImageItem()
+        self.pw.addItem(self.img)
+        self.pw.setLabel("bottom", "layer")
+        self.pw.getPlotItem().invertY(True)
+        self.pw.showGrid(x=False, y=False)
+        self.bar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False, width=14)
+        self.bar.setImageItem(self.img, insert_in=self.pw.getPlotItem())
+        self.session = None
+        self._dirty = True
+        self.kinds: list[str] = []
+        self.grid: dict[tuple[int, int], str] = {}
+        self.values: Optional[np.ndarray] = None
+        self.metric.currentIndexChanged.connect(self.redraw)
+        self.img.mouseClickEvent = self._click
+
+    def set_session(self, session) -> None:
+        self.session = session
+
+    def value(self, name: str) -> Optional[float]:
+        s = self.session
+        m = self.metric.currentText()
+        if m == "Predicted error":
+            pe = s.planned_errors.get(name)
+            return None if pe is None else pe.metrics.rel_rmse * 100
+        st = s.stats.get(name)
+        if st is None:
+            return None
+        return {"Kurtosis": st.kurtosis, "Std": st.std, "Absmax": st.absmax, "Col spread": st.col_absmax_ratio,
+                "Beyond 6σ": float(st.outliers_k.get(6, 0))}[m]
+
+    def showEvent(self, ev) -> None:
+        super().showEvent(ev)
+        if self._dirty:
+            self.redraw()
+
+    def redraw(self, force: bool = False) -> None:
+        """Redraw now if visible (or ``force``), else when next shown."""
+        if not (force or self.isVisible()):
+            self._dirty = True
+            return
+        self._dirty = False
+        s = self.session
+        if s is None or s.source is None:
+            self.img.clear()
+            return
+        layered = [t for t in s.source.tensors if t.layer is not None and t.n_dims >= 2]
+        kinds: list[str] = []
+        for t in layered:
+            k = tensor_kind(t.name)
+            if k not in kinds:
+                kinds.append(k)
+        n_layers = s.source.n_layers
+        vals = np.full((len(kinds), max(n_layers, 1)), np.nan)
+        self.grid = {}
+        for t in layered:
+            r, c = kinds.index(tensor_kind(t.name)), t.layer
+            self.grid[(r, c)] = t.name
+            v = self.value(t.name)
+            if v is not None and math.isfinite(v):
+                vals[r, c] = v
+        self.kinds, self.values = kinds, vals
+        ax = self.pw.getPlotItem().getAxis("left")
+        ax.setTicks([[(i + 0.5, k.replace(".weight", "")) for i, k in enumerate(kinds)]])
+        finite = vals[np.isfinite(vals)]
+        if finite.size == 0:
+            self.img.clear()
+            self.caption.setText("Waiting for statistics…")
+            return
+        lo, hi = float(finite.min()), float(finite.max())
+        if hi <= lo:
+            hi = lo + 1e-12
+        self.img.setImage(vals, levels=(lo, hi))
+        self.img.setRect(0, 0, vals.shape[1], vals.shape[0])
+        self.bar.setLevels((lo, hi))
+        self.pw.getPlotItem().setLimits(xMin=-0.5, xMax=vals.shape[1] + 0.5, yMin=-0.5, yMax=vals.shape[0] + 0.5)
+        self.pw.getPlotItem().autoRange()
+        have = int(np.isfinite(vals).sum())
+        self.caption.setText(f"{self.metric.currentText()} of {have} / {len(self.grid)} layer tensors "
+                             f"(range {fmt.num(lo, 3)} – {fmt.num(hi, 3)}); click a cell to select the tensor")
+
+    def _click(self, ev) -> None:
+        p = ev.pos()
+        key = (int(p.y()), int(p.x()))
+        name = self.grid.get(key)
+        if name:
+            self.tensorClicked.emit(name)
+            ev.accept()
+
+
+class FrontierPlot(pg.PlotWidget):
+    """Size vs estimated relative error of every preset, and the current plan (★)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setLabel("bottom", "size (MiB)")
+        self.setLabel("left", "rel. RMSE (%)")
+        self.setLogMode(False, True)
+        self.showGrid(x=True, y=True, alpha=0.15)
+        self.setMinimumHeight(150)
+        self.points: list = []
+        self.current: Optional[tuple[float, float]] = None
+        self.dark = False
+        self.dots = pg.PlotDataItem(pen=None, symbol="o", symbolSize=8, symbolBrush=pg.mkBrush(ACCENT), symbolPen=None)
+        self.star = pg.PlotDataItem(pen=None, symbol="star", symbolSize=16, symbolBrush=pg.mkBrush(OVERLAY))
+        self.labels: list = []
+        self.addItem(self.dots)
+        self.addItem(self.star)
+
+    def set_dark(self, dark: bool) -> None:
+        self.dark = dark
+        style_plot(self, dark)
+        self.star.setSymbolPen(pg.mkPen("#c9cbd1" if dark else "#33353d"))
+        self.set_points(self.points, force=True)
+
+    def set_points(self, points, force: bool = False) -> None:
+        points = list(points)
+        if points == self.points and not force:
+            return
+        self.points = points
+        for t in self.labels:
+            self.removeItem(t)
+        self.labels = []
+        pts = [(n, b, r) for n, b, r, *_ in points if r and r > 0 and math.isfinite(r)]
+        if not pts:
+            self.dots.setData([], [])
+            return
+        xs = np.array([b / 2**20 for _, b, _ in pts])
+        ys = np.array([r * 100 for _, _, r in pts])
+        self.dots.setData(xs, ys)
+        font = QFont()
+        font.setPointSizeF(7.5)
+        fg = "#c9cbd1" if self.dark else "#33353d"
+        for (n, _, _), x, y in zip(pts, xs, ys):
+            t = pg.TextItem(n, color=fg, anchor=(0, 1))
+            t.setFont(font)
+            t.setPos(x, math.log10(y))
+            self.addItem(t)
+            self.labels.append(t)
+
+    def set_current(self, nbytes: Optional[int], rel: Optional[float]) -> None:
+        cur = None if nbytes is None or rel is None or not rel > 0 else (nbytes, rel)
+        if cur == self.current:
+            return
+        self.current = cur
+        if cur is None:
+            self.star.setData([], [])
+        else:
+            self.star.setData([cur[0] / 2**20], [cur[1] * 100])

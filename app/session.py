@@ -1,0 +1,552 @@
+"""The studio's document: the open model, its statistics, the plan and the previews.
+
+Every piece of work is a core call run through :mod:`app.workers`; results come back as
+signals and are cached here. Views read the caches and listen to the signals.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+from PySide6.QtCore import QObject, QTimer, Signal
+
+# core's modules are imported here, at start-up, so that no first import (Numba, gguf) ever
+# happens on the GUI thread in the middle of work, or contends for the import lock with a worker
+import core.imatrix  # noqa: E402,F401
+import core.inspect  # noqa: E402,F401
+import core.job  # noqa: E402,F401
+import core.plan  # noqa: E402,F401
+import core.presets  # noqa: E402,F401
+import core.preview  # noqa: E402,F401
+import core.sources  # noqa: E402,F401
+import core.stats  # noqa: E402,F401
+from core.errors import PlanError, QuantStudioError
+from core.progress import Progress
+
+from . import planning
+from .workers import TaskContext, TaskHandle, Workers, void
+
+PLAN_SAMPLE_ROWS = 64          # rows per tensor for the plan's predicted-error column
+CANDIDATE_BUDGET = 0.06        # seconds per type for the first, sampled candidate preview
+OVERLAY_ROWS = 256             # rows read for the dequantized-histogram overlay
+BG_THREADS = int(os.environ.get("QS_BG_THREADS", "1"))   # threads per background computation
+
+
+@dataclass
+class PlannedError:
+    """The sampled (or exact) error of a tensor in its planned type."""
+
+    type: str
+    metrics: Any                   # core.preview.ErrorMetrics
+
+
+class Session(QObject):
+    modelOpening = Signal(str)
+    modelOpened = Signal()
+    openFailed = Signal(str, object)            # path, exception
+    statsReady = Signal(str)                    # tensor name
+    statsProgress = Signal(int, int)            # tensors with stats, total
+    planChanged = Signal()
+    planFailed = Signal(object)                 # exception
+    planErrorReady = Signal(str)                # tensor name (predicted error of its planned type)
+    planPreviewDone = Signal()
+    candidatesReady = Signal(str, object)       # name, list[ErrorMetrics] (sampled, then exact ones)
+    candidateProgress = Signal(str, object)     # name, Progress of the exact pass
+    overlayReady = Signal(str, str, object)     # name, type, TensorStats of the dequantized sample
+    frontierReady = Signal(object)              # list of (label, nbytes, rel_rmse)
+    imatrixChanged = Signal()
+    warmupDone = Signal()
+    backgroundError = Signal(str, object)      # what was being done, exception (shown in the status bar)
+
+    def __init__(self, workers: Optional[Workers] = None, parent: Optional[QObject] = None):
+        super().__init__(parent)
+        self.workers = workers or Workers(parent=self)
+        self.source = None
+        self.path: Optional[str] = None
+        self.stats: dict[str, Any] = {}
+        self.stats_errors: dict[str, BaseException] = {}
+        self.planned_errors: dict[str, PlannedError] = {}
+        self.candidates: dict[str, list] = {}
+        self.spec = planning.PlanSpec()
+        self.plan = None
+        self.imatrix = None
+        self.imatrix_path: Optional[str] = None
+        self.imatrix_match = None
+        self.note = ""                      # why a model can only be inspected, if it can
+        self.frontier: list = []
+        self.warmed = False
+        self.candidate_types: Optional[list[str]] = None     # None: every type core offers for a tensor
+        self.frontier_presets: Optional[list[str]] = None    # None: every preset
+        from core.preview import PreviewCache
+        self.preview_cache = PreviewCache()
+        self._tasks: dict[str, TaskHandle] = {}
+        self._size, self._size_for = 0, None
+        self._stats_inflight: set[str] = set()
+        self._plan_timer = QTimer(self, singleShot=True, interval=150)
+        self._plan_timer.timeout.connect(self._start_plan_preview)
+
+    # -- background helpers --------------------------------------------------------------
+    def _run(self, key: str, fn, *, replace: bool = True, priority: int = 0, user: bool = False) -> TaskHandle:
+        """Submit ``fn`` under ``key``, cancelling the previous task of that key when ``replace``;
+        ``user``: an action the user is waiting for (its own pool)."""
+        old = self._tasks.get(key)
+        if old is not None and old.running and replace:
+            old.cancel()
+        h = self.workers.submit(fn, key, priority=priority, user=user)
+        h.failed.connect(lambda e, k=key: void(self.backgroundError.emit, k, e))
+        self._tasks[key] = h
+        return h
+
+    def task(self, key: str) -> Optional[TaskHandle]:
+        h = self._tasks.get(key)
+        return h if h is not None and h.running else None
+
+    def cancel_model_tasks(self) -> None:
+        for key in ("stats", "plan-preview", "candidates", "overlay", "frontier"):
+            h = self._tasks.get(key)
+            if h is not None:
+                h.cancel()
+
+    def warm_up(self) -> TaskHandle:
+        """Load/compile the Numba kernels in the background so the first action is not slow."""
+        def work(ctx: TaskContext) -> None:
+            from core import preview
+            from core.qtypes import writable_types
+            from core.stats import compute_stats
+            compute_stats("warm-up", (4, 256), np.ones((4, 256), np.float32))
+            for t in writable_types():
+                ctx.check()
+                preview.warm_up([t])
+
+        h = self._run("warm-up", work, priority=-1)
+        h.finished.connect(self._warm_done)
+        return h
+
+    def _warm_done(self) -> None:
+        self.warmed = True
+        self.warmupDone.emit()
+
+    # -- opening ------------------------------------------------------------------------
+    def open(self, path: str) -> TaskHandle:
+        path = os.fspath(path)
+        self.modelOpening.emit(path)
+
+        def work(ctx: TaskContext):
+            from core.sources import open_model
+            src = open_model(path)
+            if getattr(src, "kv", None) is None:        # Hugging Face checkpoint: see it as its GGUF
+                try:
+                    from core.convert import convert_source
+                    return convert_source(src), ""
+                except QuantStudioError as e:
+                    return src, f"inspection only, cannot convert to GGUF: {e}"
+            return src, ""
+
+        h = self._run("open", work, user=True)
+        h.succeeded.connect(lambda r, p=path: self._opened(p, *r))
+        h.failed.connect(lambda e, p=path: void(self.openFailed.emit, p, e))
+        return h
+
+    def _opened(self, path: str, src, note: str = "") -> None:
+        self.cancel_model_tasks()
+        self.source, self.path, self.note = src, path, note
+        self.stats, self.planned_errors, self.candidates, self.frontier = {}, {}, {}, []
+        self.stats_errors = {}
+        self._stats_inflight.clear()
+        self.preview_cache.clear()
+        self.imatrix, self.imatrix_path, self.imatrix_match = None, None, None
+        self.spec = planning.PlanSpec(preset=self.spec.preset)
+        self.plan = None
+        try:
+            self.plan = planning.build_plan(src, self.spec, self.imatrix is not None)
+        except QuantStudioError:
+            names = planning.preset_names()
+            self.spec.preset = "Q8_0" if "Q8_0" in names else names[0]
+            try:
+                self.plan = planning.build_plan(src, self.spec, self.imatrix is not None)
+            except QuantStudioError as e:     # e.g. integer safetensors a GGUF cannot hold
+                self.planFailed.emit(e)
+        self.modelOpened.emit()
+        self.start_stats()
+        if self.plan is not None:
+            self.planChanged.emit()
+            self._plan_timer.start()
+
+    # -- statistics -----------------------------------------------------------------------
+    def start_stats(self) -> TaskHandle:
+        src = self.source
+        names = [t.name for t in src.tensors if t.ggml_type is not None]
+
+        def work(ctx: TaskContext) -> int:
+            from core.inspect import tensor_stats
+            n = 0
+            for name in names:
+                ctx.check()
+                if name in self.stats or name in self._stats_inflight:
+                    continue
+                try:
+                    ctx.post((name, tensor_stats(src, name, threads=BG_THREADS, cancel=ctx.cancel)))
+                except QuantStudioError as e:
+                    if ctx.cancel.cancelled:
+                        raise
+                    ctx.post((name, e))                 # one unreadable tensor does not stop the pass
+                n += 1
+            return n
+
+        h = self._run("stats", work, priority=-1)
+        h.posted.connect(lambda r, s=src: self._stats_arrived(s, *r))
+        return h
+
+    def ensure_stats(self, name: str) -> None:
+        """Compute ``name``'s statistics now, ahead of the background pass, if not cached."""
+        src = self.source
+        if src is None or name in self.stats or name in self._stats_inflight:
+            return
+        if src.tensor(name).ggml_type is None:
+            return
+        self._stats_inflight.add(name)
+
+        def work(ctx: TaskContext):
+            from core.inspect import tensor_stats
+            return tensor_stats(src, name, threads=BG_THREADS, cancel=ctx.cancel)
+
+        h = self.workers.submit(work, f"stats:{name}", priority=1)
+        h.failed.connect(lambda e, s=src, n=name: self._stats_arrived(s, n, e))
+        h.succeeded.connect(lambda st, s=src, n=name: self._stats_arrived(s, n, st))
+        h.finished.connect(lambda n=name: self._stats_inflight.discard(n))
+
+    def _stats_arrived(self, src, name: str, st) -> None:
+        if src is not self.source:
+            return
+        if isinstance(st, BaseException):
+            self.stats_errors[name] = st
+            self.backgroundError.emit(f"statistics of {name}", st)
+            return
+        self.stats[name] = st
+        self.statsReady.emit(name)
+        total = sum(1 for t in src.tensors if t.ggml_type is not None)
+        self.statsProgress.emit(len(self.stats), total)
+
+    # -- the plan ---------------------------------------------------------------------------
+    def set_spec(self, spec: planning.PlanSpec) -> bool:
+        """Rebuild the plan from ``spec``; on PlanError keep the old one and emit planFailed."""
+        if self.source is None:
+            self.spec = spec
+            return False
+        try:
+            plan = planning.build_plan(self.source, spec, self.imatrix is not None)
+        except QuantStudioError as e:
+            self.planFailed.emit(e)
+            return False
+        self.spec, self.plan = spec, plan
+        self.planChanged.emit()
+        self._plan_timer.start()
+        return True
+
+    def set_types(self, names: list[str], qtype: str) -> bool:
+        """Manual edit: ``names`` to ``qtype`` (only tensors llama.cpp would quantize)."""
+        spec = _copy_spec(self.spec)
+        for n in names:
+            if planning.quantizable(self.source, n):
+                spec.overrides[n] = qtype
+        return self.set_spec(spec)
+
+    def set_preset(self, preset: str) -> bool:
+        spec = _copy_spec(self.spec)
+        spec.preset = preset
+        return self.set_spec(spec)
+
+    def load_plan(self, path: str) -> None:
+        """Load a plan JSON (the CLI's format); it must list this model's tensors."""
+        from core.plan import Plan
+        with open(path, encoding="utf-8") as f:
+            plan = Plan.from_json(f.read())
+        names = {t.name for t in self.source.tensors}
+        missing = [e.name for e in plan.entries if e.name not in names]
+        if missing:
+            raise PlanError(f"the plan names {len(missing)} tensors this model does not have "
+                            f"(first: {missing[0]})", path)
+        for e in plan.entries:
+            if tuple(self.source.tensor(e.name).shape) != tuple(e.shape):
+                raise PlanError(f"the plan's shape of '{e.name}' differs from the model's", path)
+        self.spec, self.plan = self._spec_of(plan), plan
+        self.planChanged.emit()
+        self._plan_timer.start()
+
+    def _spec_of(self, plan) -> planning.PlanSpec:
+        """The panel's choices that re-derive ``plan`` (from its options; else by difference)."""
+        o = plan.options or {}
+        spec = planning.PlanSpec(preset=plan.preset or self.spec.preset)
+        if "model" in o:
+            spec.rules = [planning.Rule(rx, t) for rx, t in o.get("tensor_types", [])]
+            spec.rules += [planning.Rule(r[3] if len(r) > 3 else "", r[2], int(r[0]), int(r[1]))
+                           for r in o.get("layer_ranges", [])]
+            spec.token_embedding_type = o.get("token_embedding_type")
+            spec.output_tensor_type = o.get("output_tensor_type")
+            spec.overrides = dict(o.get("manual", {}))
+            return spec
+        try:
+            base = {e.name: e.type for e in planning.build_plan(self.source, spec).entries}
+        except QuantStudioError:
+            base = {}
+        spec.overrides = {e.name: e.type for e in plan.entries
+                          if base.get(e.name) != e.type and planning.quantizable(self.source, e.name)}
+        return spec
+
+    def save_plan(self, path: str) -> None:
+        from core.errors import OutputError
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self.plan.to_json())
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror or e}", path) from None
+
+    def planned_bytes(self) -> int:
+        """Predicted output size of the current plan (computed once per plan)."""
+        if self.plan is None:
+            return 0
+        if self._size_for is not self.plan:
+            self._size, self._size_for = planning.plan_bytes(self.plan, self.source), self.plan
+        return self._size
+
+    # -- imatrix ----------------------------------------------------------------------------
+    def load_imatrix(self, path: Optional[str]) -> TaskHandle | None:
+        if not path:
+            self.imatrix, self.imatrix_path = None, None
+            self._imatrix_changed()
+            return None
+
+        def work(ctx: TaskContext):
+            from core.imatrix import load_imatrix
+            data = load_imatrix(path)
+            return data, data.match(self.source)
+
+        h = self._run("imatrix", work, user=True)
+        h.succeeded.connect(lambda r, p=path: self._imatrix_loaded(p, *r))
+        return h
+
+    def _imatrix_loaded(self, path: str, data, match) -> None:
+        self.imatrix, self.imatrix_path, self.imatrix_match = data, path, match
+        self.preview_cache.clear()
+        self._imatrix_changed()
+
+    def _imatrix_changed(self) -> None:
+        self.planned_errors, self.candidates, self.frontier = {}, {}, []
+        self.imatrixChanged.emit()
+        if not self.set_spec(self.spec):        # has_imatrix changes llama.cpp's choices
+            self.planChanged.emit()
+            self._plan_timer.start()
+
+    def importance(self, name: str):
+        if self.imatrix is None:
+            return None
+        try:
+            return self.imatrix.for_tensor(name, tuple(self.source.tensor(name).shape))
+        except PlanError:
+            return None
+
+    # -- previews ---------------------------------------------------------------------------
+    def _start_plan_preview(self) -> None:
+        """Predicted error of every quantized tensor in its planned type (sampled, cached)."""
+        if self.source is None or self.plan is None:
+            return
+        src, plan, cache = self.source, self.plan, self.preview_cache
+        imid = self.imatrix.id if self.imatrix is not None else None
+        todo = [(e.name, e.type) for e in plan.entries if e.quantize
+                and (e.name not in self.planned_errors or self.planned_errors[e.name].type != e.type)]
+        importance = {n: self.importance(n) for n, _ in todo}
+
+        def work(ctx: TaskContext) -> None:
+            from core.preview import PreviewCache, estimate
+            for i, (name, t) in enumerate(todo):
+                ctx.check()
+                imp = importance[name]
+                key = PreviewCache.key(src, name, t, imid if imp is not None else None)
+                m = cache.get(key)
+                if m is None:
+                    m = estimate(src, t, imp, name=name, sample_rows=PLAN_SAMPLE_ROWS, threads=1)
+                    cache.put(key, m)
+                ctx.post((name, t, m))
+                ctx.progress(Progress(i + 1, len(todo), "preview", name))
+
+        h = self._run("plan-preview", work, priority=-1)
+        h.posted.connect(lambda r, s=src: self._planned_error(s, *r))
+        h.succeeded.connect(lambda _: void(self.planPreviewDone.emit))
+        h.succeeded.connect(lambda _: self.start_frontier())
+
+    def _planned_error(self, src, name: str, t: str, m) -> None:
+        if src is not self.source or self.plan is None:
+            return
+        try:
+            if self.plan.entry(name).type != t:       # a late result of a superseded plan
+                return
+        except PlanError:
+            return
+        self.planned_errors[name] = PlannedError(t, m)
+        self.planErrorReady.emit(name)
+
+    def plan_preview(self):
+        """core.preview.PlanPreview of the current plan from what is known so far."""
+        from core.preview import PlanPreview, TensorPreview
+        from core.qtypes import type_info
+        out = PlanPreview()
+        if self.plan is None:
+            return out
+        for e in self.plan.entries:
+            ti = type_info(e.type)
+            pe = self.planned_errors.get(e.name)
+            m = pe.metrics if pe is not None and pe.type == e.type and e.quantize else None
+            out.tensors.append(TensorPreview(e.name, e.type, tuple(e.shape), e.nbytes, ti.bpw, e.quantize,
+                                             metrics=m))
+        return out
+
+    def request_candidates(self, name: str, exact: bool = True) -> TaskHandle | None:
+        """Every candidate type for ``name``: a sampled pass (posted at once), then exact ones."""
+        src = self.source
+        if src is None:
+            return None
+        info = src.tensor(name)
+        if info.ggml_type is None or info.n_dims < 1:
+            return None
+        imp = self.importance(name)
+        imid = self.imatrix.id if (self.imatrix is not None and imp is not None) else None
+        cache = self.preview_cache
+
+        types = self.candidate_types
+
+        def work(ctx: TaskContext):
+            from core import preview
+            ts = preview.candidate_types(info.row_len) if types is None else \
+                [t for t in preview.candidate_types(info.row_len) if t.name in types]
+            ms: list = []
+            for t in ts:                       # one type at a time: the table fills in as kernels load
+                ctx.check()
+                key = preview.PreviewCache.key(src, name, t, imid)
+                m = cache.get(key) or preview.estimate(src, t, imp, name=name, time_budget=CANDIDATE_BUDGET,
+                                                       threads=BG_THREADS)
+                cache.put(key, m)
+                ms.append(m)
+                ctx.post(list(ms))
+            if not exact:
+                return ms
+            for i, m in enumerate(ms):
+                ctx.check()
+                if m.exact:
+                    continue
+                key = preview.PreviewCache.key(src, name, m.type, imid)
+                ms[i] = cache.get(key, exact=True) or preview.exact(
+                    src, m.type, imp, name=name, threads=BG_THREADS, cancel=ctx.cancel,
+                    progress=lambda ev, t=m.type: ctx.progress(Progress(ev.done, ev.total, t, name,
+                                                                        elapsed=ev.elapsed)))
+                cache.put(key, ms[i])
+                ctx.post(list(ms))
+            return ms
+
+        h = self._run("candidates", work)
+        h.posted.connect(lambda ms, s=src, n=name: self._candidates(s, n, ms))
+        h.progress.connect(lambda ev, n=name: void(self.candidateProgress.emit, n, ev))
+        return h
+
+    def _candidates(self, src, name: str, ms) -> None:
+        if src is not self.source:
+            return
+        self.candidates[name] = ms
+        self.candidatesReady.emit(name, ms)
+
+    def request_overlay(self, name: str, qtype: str) -> TaskHandle | None:
+        """Histogram of ``name``'s rows after a round trip through ``qtype`` (a sample of rows)."""
+        src = self.source
+        if src is None:
+            return None
+        info = src.tensor(name)
+        if info.ggml_type is None or info.row_len == 0:
+            return None
+        imp = self.importance(name)
+
+        def work(ctx: TaskContext):
+            from core.kernels import get_kernel
+            from core.stats import compute_stats
+            k = get_kernel(qtype)
+            n = info.n_rows
+            step = max(1, n // OVERLAY_ROWS)
+            rows = np.concatenate([src.read_rows(name, a, a + 1) for a in range(0, n, step)][:OVERLAY_ROWS])
+            ctx.check()
+            w = None if imp is None or np.ndim(imp) != 1 else imp
+            y = k.dequantize(k.quantize(rows, w), info.row_len)
+            return compute_stats(f"{name}:{qtype}", y.shape, y, bins=128)
+
+        h = self._run("overlay", work)
+        h.succeeded.connect(lambda st, s=src, n=name, t=qtype: self._overlay(s, n, t, st))
+        return h
+
+    def _overlay(self, src, name: str, qtype: str, st) -> None:
+        if src is self.source:
+            self.overlayReady.emit(name, qtype, st)
+
+    def start_frontier(self) -> TaskHandle | None:
+        """Size vs error of every preset for this model (sampled, low priority)."""
+        if self.source is None or self.frontier:
+            return None
+        src, cache = self.source, self.preview_cache
+        imx = self.imatrix
+        presets = self.frontier_presets or planning.preset_names()
+
+        def work(ctx: TaskContext):
+            from core.preview import preview_plan
+            out = []
+            for name in presets:
+                ctx.check()
+                try:
+                    plan = planning.build_plan(src, planning.PlanSpec(preset=name), imx is not None)
+                except QuantStudioError:
+                    continue
+                pp = preview_plan(src, plan, imx, cache=cache, sample_rows=PLAN_SAMPLE_ROWS, threads=1,
+                                  cancel=ctx.cancel)
+                out.append((name, planning.plan_bytes(plan, src), pp.rel_rmse, pp.bpw))
+                ctx.post(list(out))
+            return out
+
+        h = self._run("frontier", work, priority=-2)
+        h.posted.connect(lambda r, s=src: self._frontier(s, r))
+        return h
+
+    def _frontier(self, src, points) -> None:
+        if src is not self.source:
+            return
+        self.frontier = points
+        self.frontierReady.emit(points)
+
+    # -- quantizing -------------------------------------------------------------------------
+    def quantize(self, output: str, threads: Optional[int] = None,
+                 split_max_size: Optional[int] = None) -> TaskHandle:
+        """Run the plan to ``output`` in the background (signals: progress, posted TensorResult)."""
+        from core.errors import OutputError
+        src, plan = self.source, self.plan
+        if src is None or plan is None:
+            raise PlanError("open a model and choose a plan first")
+        if os.path.abspath(output) == os.path.abspath(src.path):
+            raise OutputError("the output would overwrite the input", output)
+        plan.check_imatrix(self.imatrix is not None)
+        imx = self.imatrix
+        imat = None
+        if imx is not None:
+            imat = {e.name: w for e in plan.entries if e.quantize and (w := self.importance(e.name)) is not None}
+
+        def work(ctx: TaskContext):
+            from core.job import run_plan
+            extra = imx.metadata(self.imatrix_path) if imx is not None else None
+            return run_plan(src, plan, output, threads=threads, split_max_size=split_max_size, imatrix=imat,
+                            extra_kv=extra, progress=ctx.progress, cancel=ctx.cancel, on_tensor=ctx.post)
+
+        return self._run("quantize", work, replace=False, user=True)
+
+    def shutdown(self) -> None:
+        self._plan_timer.stop()
+        self.workers.shutdown()
+
+
+def _copy_spec(spec: planning.PlanSpec) -> planning.PlanSpec:
+    return planning.PlanSpec(spec.preset, list(spec.rules), spec.token_embedding_type, spec.output_tensor_type,
+                             dict(spec.overrides))

@@ -1,0 +1,69 @@
+"""Small widgets the panels share."""
+from __future__ import annotations
+
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtWidgets import QSizePolicy, QStyle, QStyleOptionProgressBar, QStylePainter, QWidget
+
+
+class ProgressBar(QWidget):
+    """A progress bar drawn by the style like QProgressBar, but repainted through update().
+
+    QProgressBar.setValue() calls repaint(), which paints every pending region of the window at
+    once; during a job that is a whole-window paint per progress event on the GUI thread.
+    """
+
+    def __init__(self, parent=None, fmt: str = "%p%"):
+        super().__init__(parent)
+        self._value = 0
+        self._min, self._max = 0, 100
+        self._format = fmt
+        self._text_visible = True
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def value(self) -> int:
+        return self._value
+
+    def setValue(self, v: int) -> None:
+        v = max(self._min, min(self._max, int(v)))
+        if v != self._value:
+            self._value = v
+            self.update()
+
+    def setRange(self, lo: int, hi: int) -> None:
+        self._min, self._max = lo, hi
+        self.update()
+
+    def setFormat(self, fmt: str) -> None:
+        if fmt != self._format:
+            self._format = fmt
+            self.update()
+
+    def setTextVisible(self, on: bool) -> None:
+        self._text_visible = on
+        self.update()
+
+    def text(self) -> str:
+        span = self._max - self._min
+        pct = round(100 * (self._value - self._min) / span) if span else 100
+        return self._format.replace("%p", str(pct)).replace("%v", str(self._value))
+
+    def _option(self) -> QStyleOptionProgressBar:
+        opt = QStyleOptionProgressBar()
+        opt.initFrom(self)
+        opt.minimum, opt.maximum, opt.progress = self._min, self._max, self._value
+        opt.text = self.text()
+        opt.textVisible = self._text_visible
+        opt.textAlignment = Qt.AlignmentFlag.AlignCenter
+        opt.state |= QStyle.StateFlag.State_Horizontal
+        return opt
+
+    def sizeHint(self) -> QSize:
+        fm = self.fontMetrics()
+        return QSize(120, max(fm.height() + 6, 20))
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(40, self.sizeHint().height())
+
+    def paintEvent(self, _ev) -> None:
+        p = QStylePainter(self)
+        p.drawControl(QStyle.ControlElement.CE_ProgressBar, self._option())

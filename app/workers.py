@@ -1,0 +1,186 @@
+"""The one bridge between core's long calls and Qt: run a function on a thread pool, turn its
+progress callback and cancel token into signals.
+
+A task is a plain function ``fn(ctx) -> result`` given a :class:`TaskContext`: ``ctx.progress``
+is a core progress callback (throttled before it reaches the GUI), ``ctx.cancel`` a core
+:class:`~core.progress.CancelToken`, ``ctx.post(obj)`` sends an intermediate result (a stats
+record, a log line) to the GUI. The GUI holds a :class:`TaskHandle` and watches its signals;
+they are delivered on the GUI thread, in order, after the function's own posts.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
+
+from core.errors import Cancelled
+from core.progress import CancelToken, Progress
+
+PROGRESS_INTERVAL = 0.05          # seconds between progress signals of one task
+
+
+def void(fn: Callable, *args: Any) -> None:
+    """Call ``fn`` and drop its result. Slots must return None: PySide6 6.12 releases a reference
+    to a bool a Python slot returns (``emit()`` returns True), and Py_True/Py_False then reach a
+    zero count -- a fatal error at exit. Signals carrying Python bools are avoided for the same reason."""
+    fn(*args)
+
+
+class TaskHandle(QObject):
+    """GUI-side view of a running task. Exactly one of ``succeeded``/``failed``/``cancelled``
+    fires, then ``finished``."""
+
+    progress = Signal(object)      # core.progress.Progress
+    posted = Signal(object)        # whatever the task passed to ctx.post
+    succeeded = Signal(object)     # the function's return value
+    failed = Signal(object)        # the exception (with .traceback_text)
+    cancelled = Signal()
+    finished = Signal()
+
+    def __init__(self, name: str, parent: Optional[QObject] = None):
+        super().__init__(parent)
+        self.name = name
+        self.token = CancelToken()
+        self.running = True
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.was_cancelled = False
+        self.finished.connect(self._mark_done)
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    def _mark_done(self) -> None:
+        self.running = False
+
+
+class TaskContext:
+    """What a task function gets: progress callback, cancel token, a way to post results."""
+
+    def __init__(self, handle: TaskHandle, interval: float):
+        self._handle = handle
+        self.cancel: CancelToken = handle.token
+        self._interval = interval
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def progress(self, ev: Progress) -> None:
+        """A core progress callback: forwards at most one event per interval (and the last one)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self._interval and ev.done < ev.total and not ev.message:
+                return
+            self._last = now
+        self._handle.progress.emit(ev)
+
+    def post(self, obj: Any) -> None:
+        self._handle.posted.emit(obj)
+
+    def check(self) -> None:
+        self.cancel.check()
+
+
+BACKGROUND_NICE = int(os.environ.get("QS_NICE", "10"))
+_niced: set[int] = set()
+
+
+def _lower_priority() -> None:
+    """Run this worker thread (and the threads core starts from it, which inherit it) at a lower
+    OS priority than the GUI thread, so the GUI thread wins CPU time and, with it, the GIL more
+    often (Linux: per-thread nice value; elsewhere nothing)."""
+    tid = threading.get_native_id()
+    if tid in _niced or not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
+        return
+    _niced.add(tid)
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), BACKGROUND_NICE))
+    except OSError:
+        pass
+
+
+class _Runnable(QRunnable):
+    def __init__(self, fn: Callable[[TaskContext], Any], handle: TaskHandle, interval: float):
+        super().__init__()
+        self.setAutoDelete(True)
+        self._fn = fn
+        self._handle = handle
+        self._interval = interval
+
+    def run_cancelled(self) -> None:
+        """Finish without running (the pool was shut down first)."""
+        self._handle.was_cancelled = True
+        self._handle.cancelled.emit()
+        self._handle.finished.emit()
+
+    def run(self) -> None:  # worker thread
+        _lower_priority()
+        h = self._handle
+        ctx = TaskContext(h, self._interval)
+        try:
+            if h.token.cancelled:
+                raise Cancelled()
+            result = self._fn(ctx)
+        except Cancelled:
+            h.was_cancelled = True
+            h.cancelled.emit()
+        except BaseException as e:  # noqa: BLE001 - every failure reaches the GUI as a signal
+            e.traceback_text = traceback.format_exc()  # type: ignore[attr-defined]
+            h.error = e
+            h.failed.emit(e)
+        else:
+            h.result = result
+            h.succeeded.emit(result)
+        finally:
+            h.finished.emit()
+
+
+class Workers(QObject):
+    """Two thread pools: one for what the user asked for (open a file, quantize), one for analysis
+    running behind it (statistics, previews), so the first never queues behind the second."""
+
+    def __init__(self, max_threads: int = int(os.environ.get("QS_BG_POOL", "2")), parent: Optional[QObject] = None):
+        super().__init__(parent)
+        self.pool = QThreadPool(self)                # background analysis
+        self.pool.setMaxThreadCount(max_threads)
+        self.user_pool = QThreadPool(self)           # user actions
+        self.user_pool.setMaxThreadCount(2)
+        self._active: set[TaskHandle] = set()
+        self._closed = False
+
+    def submit(self, fn: Callable[[TaskContext], Any], name: str = "task",
+               interval: float = PROGRESS_INTERVAL, priority: int = 0, user: bool = False) -> TaskHandle:
+        handle = TaskHandle(name, self)
+        self._active.add(handle)
+        handle.finished.connect(lambda h=handle: self._active.discard(h))
+        pool, job = (self.user_pool if user else self.pool), _Runnable(fn, handle, interval)
+        # started from the event loop, so the caller connects its slots before anything can be emitted
+        QTimer.singleShot(0, self, lambda: self._start(pool, job, priority))
+        return handle
+
+    def _start(self, pool: QThreadPool, job: _Runnable, priority: int) -> None:
+        if self._closed:
+            job.run_cancelled()
+        else:
+            pool.start(job, priority)
+
+    @property
+    def active(self) -> list[TaskHandle]:
+        return [h for h in self._active if h.running]
+
+    def cancel_all(self) -> None:
+        for h in list(self._active):
+            h.cancel()
+
+    def shutdown(self, timeout_ms: int = 30000) -> bool:
+        """Cancel every task and wait for the threads (True when all stopped in time)."""
+        self._closed = True
+        self.cancel_all()
+        self.pool.clear()
+        self.user_pool.clear()
+        ok = self.user_pool.waitForDone(timeout_ms)
+        return self.pool.waitForDone(timeout_ms) and ok

@@ -1,0 +1,60 @@
+"""Bad input gives a dialog naming the problem and never takes the window down."""
+from __future__ import annotations
+
+import struct
+
+from PySide6.QtWidgets import QMessageBox
+
+from .conftest import open_model
+
+
+def _dialogs(win):
+    return [b for b in win.findChildren(QMessageBox) if b.isVisible()]
+
+
+def test_corrupt_files_give_a_dialog(qtbot, window, synthetic_path, tmp_path):
+    win = window
+    open_model(qtbot, win, synthetic_path)
+    name = win.s.source.name
+    bad_gguf = tmp_path / "broken.gguf"
+    bad_gguf.write_bytes(b"GGUF" + struct.pack("<I", 3) + b"\xff" * 40)
+    bad_st = tmp_path / "broken.safetensors"
+    bad_st.write_bytes(struct.pack("<Q", 10_000) + b"{}")
+    not_model = tmp_path / "notes.txt"
+    not_model.write_text("hello")
+    for path in (bad_gguf, bad_st, not_model, tmp_path / "missing.gguf"):
+        with qtbot.waitSignal(win.errorShown, timeout=10000) as sig:
+            win.open_path(str(path))
+        title, text = sig.args
+        assert title == "Cannot open model" and str(path) in text
+        assert win.last_error == (title, text)
+        assert _dialogs(win) and _dialogs(win)[-1].text() == text      # shown, non-blocking
+        for box in _dialogs(win):
+            box.close()
+    # the window still holds the model it had, and works
+    assert win.s.source.name == name and win.windowTitle().endswith(name)
+    assert win.table.model.rowCount() == len(win.s.source.tensors)
+
+
+def test_drop_and_bad_imatrix(qtbot, window, synthetic_path, tmp_path):
+    win = window
+    open_model(qtbot, win, synthetic_path)
+    bad = tmp_path / "imatrix.dat"
+    bad.write_bytes(b"\x05\x00\x00\x00garbage")
+    with qtbot.waitSignal(win.errorShown, timeout=10000) as sig:
+        win.open_dropped(str(bad))                     # .dat dropped on the window: an imatrix
+    assert sig.args[0] == "Cannot load imatrix" and str(bad) in sig.args[1]
+    assert win.s.imatrix is None
+    # a good imatrix (made by core for this model) loads, and the plan and previews use it
+    from core.imatrix import ImatrixData
+    good = str(tmp_path / "good.imatrix.gguf")
+    ImatrixData.random_for(win.s.source.tensors).save(good)
+    h = win.load_imatrix(good)
+    with qtbot.waitSignal(h.finished, timeout=10000):
+        pass
+    assert win.s.imatrix is not None and "good.imatrix.gguf" in win.plan_panel.imatrix_label.text()
+    assert win.s.plan.options["has_imatrix"] is True
+    name = "blk.0.attn_q.weight"
+    win.table.select(name)
+    qtbot.waitUntil(lambda: bool(win.preview.metrics) and win.preview.metrics[0].weighted, timeout=30000)
+    assert win.preview.table.item(0, 8).text().endswith("%")         # imatrix-weighted error column
