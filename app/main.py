@@ -2,8 +2,8 @@
 
 ``quant-studio [MODEL]`` opens the window (with MODEL, or the demo model on first start);
 ``quant-studio --self-test [--screenshot PATH]`` runs offscreen: opens the demo model, quantizes
-it to Q8_0 in a temporary folder, checks the output opens, saves a screenshot, prints its path
-and exits 0 (1 on any failure).
+it to Q8_0 in a temporary folder, checks the output opens (then deletes it), saves a screenshot
+of the window, prints its path and exits 0 (1 on any failure).
 """
 from __future__ import annotations
 
@@ -45,28 +45,36 @@ def _application(offscreen: bool):
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
+    """``quant-studio [MODEL] | --self-test [--screenshot PATH]``; returns the exit status."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.self_test:
         return self_test(args.screenshot)
+    app, _win = start(args.model)
+    return app.exec()
+
+
+def start(model: Optional[str] = None, warm_up: bool = True):
+    """Create the application and the window, show it, and open ``model`` (else the demo model on
+    the first start, else the most recent file). Returns (app, window); the caller runs the loop."""
     app = _application(offscreen=False)
     from . import theme
     from .main_window import MainWindow
 
-    win = MainWindow()
-    win.setWindowIcon(theme.app_icon())
     app.setWindowIcon(theme.app_icon())
+    win = MainWindow()
     win.show()
-    win.s.warm_up()
-    win.warm_label.setText("warming up kernels…")
-    if args.model:
-        win.open_path(args.model)
+    if warm_up:
+        win.s.warm_up()
+        win.warm_label.setText("warming up kernels…")
+    if model:
+        win.open_path(model)
     elif win.first_start():
         win.open_demo()
     else:
         recent = win.recent_files()
         if recent and os.path.exists(recent[0]):
             win.open_path(recent[0])
-    return app.exec()
+    return app, win
 
 
 def self_test(screenshot: Optional[str] = None, timeout: float = SELF_TEST_TIMEOUT) -> int:
@@ -154,6 +162,9 @@ def self_test(screenshot: Optional[str] = None, timeout: float = SELF_TEST_TIMEO
         return 1
     loop.exec()
     win.close()
+    for p in (out, out + ".partial"):           # the quantized demo is not worth keeping
+        if os.path.exists(p):
+            os.remove(p)
     if state["rc"] == 0:
         print(f"quant-studio self-test: OK ({state['msg']}) in {time.monotonic() - t0:.1f} s")
         print(shot)

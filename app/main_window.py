@@ -21,7 +21,7 @@ from .quantize_panel import QuantizePanel
 from .session import Session
 from .summary_panel import SummaryPanel
 from .tensor_table import TensorTable
-from .workers import void
+from .workers import soon, void
 
 MAX_RECENT = 10
 MODEL_FILTER = "Models (*.gguf *.safetensors);;GGUF (*.gguf);;safetensors (*.safetensors);;All files (*)"
@@ -80,8 +80,7 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["preview"], self.docks["quantize"])
         self.docks["plan"].raise_()
         self.docks["preview"].raise_()
-        self.resizeDocks([self.docks["plan"]], [340], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.docks["preview"]], [300], Qt.Orientation.Vertical)
+        self._default_sizes = True            # dock sizes for a first start (see showEvent)
 
         # status bar
         self.stats_label = QLabel("")
@@ -100,7 +99,7 @@ class MainWindow(QMainWindow):
         s.planFailed.connect(lambda e: self.show_error("Plan not changed", e))
         s.statsReady.connect(self._stats_ready)
         s.statsProgress.connect(self._stats_progress)
-        s.planErrorReady.connect(lambda _: self._heat_timer.start())
+        s.planErrorReady.connect(lambda _: soon(self._heat_timer))
         s.planChanged.connect(self._plan_changed)
         s.overlayReady.connect(self._overlay)
         s.warmupDone.connect(lambda: self.warm_label.setText("kernels ready"))
@@ -294,13 +293,13 @@ class MainWindow(QMainWindow):
             if ov is not None:
                 self.hist.set_overlay(ot, ov)
             self.channels.set_stats(st)
-        self._heat_timer.start()
+        soon(self._heat_timer)
 
     def _stats_progress(self, done: int, total: int) -> None:
         self.stats_label.setText("statistics complete" if done >= total else f"statistics {done}/{total}")
 
     def _plan_changed(self) -> None:
-        self._heat_timer.start()
+        soon(self._heat_timer)
         if self.current and self.s.plan is not None and self.preview.selected_type() is None:
             if self.hist.overlay_type != self.s.plan.entry(self.current).type:
                 self._request_overlay()
@@ -361,7 +360,8 @@ class MainWindow(QMainWindow):
         if self.s.source is None:
             return ""
         return planning.cli_command(self.s.source.path, self.quantize.output.text(), self.s.spec,
-                                    self.s.imatrix_path, self.quantize.threads.value())
+                                    self.s.imatrix_path, self.quantize.threads.value(), source=self.s.source,
+                                    plan=self.s.plan, imatrix=self.s.imatrix)
 
     def copy_cli(self) -> None:
         cmd = self.cli_command()
@@ -415,7 +415,14 @@ class MainWindow(QMainWindow):
         else:
             self.resize(1500, 940)
         if state is not None:
-            self.restoreState(state)
+            self._default_sizes = not self.restoreState(state)
+
+    def showEvent(self, ev) -> None:
+        super().showEvent(ev)
+        if self._default_sizes:              # only a shown window can share its space among docks
+            self._default_sizes = False
+            self.resizeDocks([self.docks["plan"]], [max(340, self.width() // 5)], Qt.Orientation.Horizontal)
+            self.resizeDocks([self.docks["preview"]], [max(300, self.height() * 3 // 8)], Qt.Orientation.Vertical)
 
     def first_start(self) -> bool:
         return not theme.settings().value("started", False, type=bool)

@@ -115,31 +115,56 @@ def _cli_flags() -> set[str]:
 
 
 def cli_command(source_path: str, output: str, spec: PlanSpec, imatrix_path: Optional[str] = None,
-                threads: Optional[int] = None) -> str:
-    """The ``quant-studio quantize`` command line that makes the same plan (options the CLI lacks
-    are left out; ``core.cli`` decides which exist)."""
+                threads: Optional[int] = None, *, source=None, plan: Optional[cplan.Plan] = None,
+                imatrix=None) -> str:
+    """The ``quant-studio quantize`` command line for ``spec``. With ``source`` and ``plan`` it is
+    checked by building the plan the way the CLI does (``core.cli.build_plan``) and, where that
+    differs (precedence of manual edits, rules the CLI has no option for), tensors are pinned with
+    ``--tensor-type ^NAME$=TYPE`` so that the command makes exactly ``plan``."""
     flags = _cli_flags()
-    args = ["quant-studio", "quantize", source_path, output or "OUTPUT.gguf"]
-    args += ["--preset", spec.preset] if "--preset" in flags else ["--type", spec.preset]
+    head = ["quant-studio", "quantize", source_path, output or "OUTPUT.gguf"]
+    opts = ["--preset", spec.preset]
     if imatrix_path:
-        args += ["--imatrix", imatrix_path]
-    rules = [(r.regex() if r.layer_lo is not None and "--layer-range" not in flags else r.pattern, r)
-             for r in spec.rules]
-    for n, t in spec.overrides.items():
-        args += ["--tensor-type", f"^{re.escape(n)}$={t}"]
-    for rx, r in rules:
-        if r.layer_lo is not None and "--layer-range" in flags:
-            args += ["--layer-range", f"{r.layer_lo}-{r.layer_hi}={r.type}"
-                     + (f"={r.pattern}" if r.pattern not in ("", ".*") else "")]
+        opts += ["--imatrix", imatrix_path]
+    pins = [("^" + re.escape(n) + "$", t) for n, t in spec.overrides.items()]
+    rules = []
+    for r in spec.rules:
+        if r.layer_lo is not None and r.pattern in ("", ".*") and "--layer-type" in flags:
+            rules += ["--layer-type", f"{r.layer_lo}-{r.layer_hi}={r.type}"]
         else:
-            args += ["--tensor-type", f"{rx}={r.type}"]
+            rules += ["--tensor-type", f"{r.regex()}={r.type}"]
+    tail = []
     if spec.token_embedding_type:
-        args += ["--token-embedding-type", spec.token_embedding_type]
+        tail += ["--token-embedding-type", spec.token_embedding_type]
     if spec.output_tensor_type:
-        args += ["--output-tensor-type", spec.output_tensor_type]
+        tail += ["--output-tensor-type", spec.output_tensor_type]
     if threads:
-        args += ["--threads", str(threads)]
-    return shlex.join(args)
+        tail += ["--threads", str(threads)]
+
+    def command() -> list[str]:
+        pinned = [x for rx, t in pins for x in ("--tensor-type", f"{rx}={t}")]
+        return head + opts + pinned + rules + tail
+
+    if source is not None and plan is not None:
+        want = {e.name: e.type for e in plan.entries}
+        for _ in range(3):
+            got = _cli_types(source, command(), imatrix)
+            bad = [n for n, t in want.items() if got.get(n) != t]
+            if not bad:
+                break
+            known = {rx for rx, _ in pins}
+            pins = [("^" + re.escape(n) + "$", want[n]) for n in bad if "^" + re.escape(n) + "$" not in known] + pins
+    return shlex.join(command())
+
+
+def _cli_types(source, argv: list[str], imatrix) -> dict[str, str]:
+    """{tensor: type} of the plan ``core.cli`` builds from ``argv`` (without the program name)."""
+    from core.cli import build_parser, build_plan
+    try:
+        ns = build_parser().parse_args(argv[1:])
+        return {e.name: e.type for e in build_plan(source, ns, imatrix).entries}
+    except (QuantStudioError, SystemExit):
+        return {}
 
 
 def llama_quantize_command(plan: cplan.Plan, source_path: str, output: str, imatrix_path: Optional[str] = None,

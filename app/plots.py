@@ -326,6 +326,7 @@ class FrontierPlot(pg.PlotWidget):
         self.current: Optional[tuple[float, float]] = None
         self.dark = False
         self.dots = pg.PlotDataItem(pen=None, symbol="o", symbolSize=8, symbolBrush=pg.mkBrush(ACCENT), symbolPen=None)
+        self.dots.setToolTip("presets: size and estimated error")
         self.star = pg.PlotDataItem(pen=None, symbol="star", symbolSize=16, symbolBrush=pg.mkBrush(OVERLAY))
         self.labels: list = []
         self.addItem(self.dots)
@@ -355,10 +356,16 @@ class FrontierPlot(pg.PlotWidget):
         font = QFont()
         font.setPointSizeF(7.5)
         fg = "#c9cbd1" if self.dark else "#33353d"
+        span = max(float(xs.max() - xs.min()), 1e-9)
+        placed: list[tuple[float, float]] = []
         for (n, _, _), x, y in zip(pts, xs, ys):
+            ly = math.log10(y)
+            if any(abs(x - px) < 0.07 * span and abs(ly - py) < 0.35 for px, py in placed):
+                continue                            # crowded: the dot stays, its name does not
+            placed.append((x, ly))
             t = pg.TextItem(n, color=fg, anchor=(0, 1))
             t.setFont(font)
-            t.setPos(x, math.log10(y))
+            t.setPos(x, ly)
             self.addItem(t)
             self.labels.append(t)
 

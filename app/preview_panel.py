@@ -13,7 +13,7 @@ from . import fmt, planning
 from .plots import FrontierPlot
 from .session import Session
 from .widgets import ProgressBar
-from .workers import void
+from .workers import soon, void
 
 HEADERS = ["Type", "bpw", "Size", "Rel. RMSE", "95% interval", "SNR", "Max |err|", "Cosine", "imatrix-wtd",
            "Measured"]
@@ -41,7 +41,7 @@ class PreviewPanel(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self.table.horizontalHeader().setStretchLastSection(True)
-        for c, w in enumerate((58, 40, 78, 72, 120, 62, 72, 78, 82)):
+        for c, w in enumerate((56, 44, 84, 80, 124, 64, 76, 80, 86)):
             self.table.setColumnWidth(c, w)
         self.table.setToolTip("Double-click a type to use it for this tensor")
 
@@ -76,6 +76,7 @@ class PreviewPanel(QWidget):
         split.addWidget(totals)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
+        split.setSizes([720, 480])
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addWidget(split)
@@ -85,9 +86,9 @@ class PreviewPanel(QWidget):
         session.candidatesReady.connect(self._candidates)
         session.candidateProgress.connect(self._progress)
         session.planChanged.connect(self._plan_changed)
-        self._totals_timer = QTimer(self, singleShot=True, interval=250)     # coalesce bursts of results
+        self._totals_timer = QTimer(self, singleShot=True, interval=500)     # coalesce bursts of results
         self._totals_timer.timeout.connect(self.update_totals)
-        session.planErrorReady.connect(lambda _: self._totals_timer.start())
+        session.planErrorReady.connect(lambda _: soon(self._totals_timer))
         session.planPreviewDone.connect(self.update_totals)
         session.frontierReady.connect(lambda pts: void(self.frontier.set_points, pts))
         session.modelOpened.connect(self._reset)
@@ -97,7 +98,7 @@ class PreviewPanel(QWidget):
         self.table.setRowCount(0)
         self.title.setText("Select a tensor to compare its candidate types.")
         self.frontier.set_points([])
-        self._totals_timer.start()
+        soon(self._totals_timer)
 
     def show_tensor(self, name: str) -> None:
         self.name = name
@@ -172,7 +173,7 @@ class PreviewPanel(QWidget):
     def _plan_changed(self) -> None:
         if self.name and self.metrics:
             self._candidates(self.name, self.metrics)
-        self._totals_timer.start()
+        soon(self._totals_timer)
 
     def selected_type(self) -> Optional[str]:
         rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []

@@ -6,7 +6,7 @@ signals and are cached here. Views read the caches and listen to the signals.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -23,26 +23,17 @@ import core.preview  # noqa: E402,F401
 import core.sources  # noqa: E402,F401
 import core.stats  # noqa: E402,F401
 from core.errors import PlanError, QuantStudioError
-from core.progress import Progress
 
 from . import planning
+from .previews import BG_THREADS, PlannedError, PreviewsMixin
 from .workers import TaskContext, TaskHandle, Workers, void
 
-PLAN_SAMPLE_ROWS = 64          # rows per tensor for the plan's predicted-error column
-CANDIDATE_BUDGET = 0.06        # seconds per type for the first, sampled candidate preview
-OVERLAY_ROWS = 256             # rows read for the dequantized-histogram overlay
-BG_THREADS = int(os.environ.get("QS_BG_THREADS", "1"))   # threads per background computation
+SLICE_SECONDS = 0.3            # length of one slice of a background pass
 
 
-@dataclass
-class PlannedError:
-    """The sampled (or exact) error of a tensor in its planned type."""
+class Session(QObject, PreviewsMixin):
+    """The open model and everything known about it; previews come from :class:`PreviewsMixin`."""
 
-    type: str
-    metrics: Any                   # core.preview.ErrorMetrics
-
-
-class Session(QObject):
     modelOpening = Signal(str)
     modelOpened = Signal()
     openFailed = Signal(str, object)            # path, exception
@@ -95,8 +86,37 @@ class Session(QObject):
         if old is not None and old.running and replace:
             old.cancel()
         h = self.workers.submit(fn, key, priority=priority, user=user)
-        h.failed.connect(lambda e, k=key: void(self.backgroundError.emit, k, e))
+        if not user:                            # user actions report their own failures
+            h.failed.connect(lambda e, k=key: void(self.backgroundError.emit, k, e))
         self._tasks[key] = h
+        return h
+
+    def _loop(self, key: str, items: list, step, *, priority: int = -1, on_post=None, on_done=None,
+              budget: float = SLICE_SECONDS) -> TaskHandle:
+        """``step(ctx, item)`` over ``items`` in background tasks of about ``budget`` seconds each:
+        a task the user is waiting for (a selected tensor's preview) starts between two slices
+        instead of after a whole pass. Cancelling the current slice ends the loop."""
+        def work(ctx: TaskContext) -> int:
+            t0, i = time.monotonic(), 0
+            while i < len(items) and (i == 0 or time.monotonic() - t0 < budget):
+                ctx.check()
+                step(ctx, items[i])
+                i += 1
+            return i
+
+        h = self._run(key, work, priority=priority)
+        if on_post is not None:
+            h.posted.connect(on_post)
+
+        def next_slice(n: int) -> None:
+            if self._tasks.get(key) is not h:      # superseded (a new model, a new plan): stop here
+                return
+            if n < len(items):
+                self._loop(key, items[n:], step, priority=priority, on_post=on_post, on_done=on_done, budget=budget)
+            elif on_done is not None:
+                on_done()
+
+        h.succeeded.connect(next_slice)
         return h
 
     def task(self, key: str) -> Optional[TaskHandle]:
@@ -110,19 +130,21 @@ class Session(QObject):
                 h.cancel()
 
     def warm_up(self) -> TaskHandle:
-        """Load/compile the Numba kernels in the background so the first action is not slow."""
-        def work(ctx: TaskContext) -> None:
-            from core import preview
-            from core.qtypes import writable_types
-            from core.stats import compute_stats
-            compute_stats("warm-up", (4, 256), np.ones((4, 256), np.float32))
-            for t in writable_types():
-                ctx.check()
-                preview.warm_up([t])
+        """Load (or compile) the Numba kernels in the background, one type per slice, the types of
+        the current preset first, so that the first action is not slow."""
+        from core.qtypes import writable_types
+        first = {e.type for e in self.plan.entries} if self.plan is not None else set()
+        todo = ["stats"] + sorted((t.name for t in writable_types()), key=lambda n: n not in first)
 
-        h = self._run("warm-up", work, priority=-1)
-        h.finished.connect(self._warm_done)
-        return h
+        def step(ctx: TaskContext, what: str) -> None:
+            from core import preview
+            from core.stats import compute_stats
+            if what == "stats":
+                compute_stats("warm-up", (4, 256), np.ones((4, 256), np.float32))
+            else:
+                preview.warm_up([what])
+
+        return self._loop("warm-up", todo, step, priority=-1, budget=0.0, on_done=self._warm_done)
 
     def _warm_done(self) -> None:
         self.warmed = True
@@ -167,7 +189,7 @@ class Session(QObject):
             try:
                 self.plan = planning.build_plan(src, self.spec, self.imatrix is not None)
             except QuantStudioError as e:     # e.g. integer safetensors a GGUF cannot hold
-                self.planFailed.emit(e)
+                self.backgroundError.emit("planning", e)
         self.modelOpened.emit()
         self.start_stats()
         if self.plan is not None:
@@ -176,28 +198,22 @@ class Session(QObject):
 
     # -- statistics -----------------------------------------------------------------------
     def start_stats(self) -> TaskHandle:
+        """Statistics of every tensor, in file order, in slices (see _loop)."""
         src = self.source
         names = [t.name for t in src.tensors if t.ggml_type is not None]
 
-        def work(ctx: TaskContext) -> int:
+        def step(ctx: TaskContext, name: str) -> None:
             from core.inspect import tensor_stats
-            n = 0
-            for name in names:
-                ctx.check()
-                if name in self.stats or name in self._stats_inflight:
-                    continue
-                try:
-                    ctx.post((name, tensor_stats(src, name, threads=BG_THREADS, cancel=ctx.cancel)))
-                except QuantStudioError as e:
-                    if ctx.cancel.cancelled:
-                        raise
-                    ctx.post((name, e))                 # one unreadable tensor does not stop the pass
-                n += 1
-            return n
+            if name in self.stats or name in self._stats_inflight:
+                return
+            try:
+                ctx.post((name, tensor_stats(src, name, threads=BG_THREADS, cancel=ctx.cancel)))
+            except QuantStudioError as e:
+                if ctx.cancel.cancelled:
+                    raise
+                ctx.post((name, e))                     # one unreadable tensor does not stop the pass
 
-        h = self._run("stats", work, priority=-1)
-        h.posted.connect(lambda r, s=src: self._stats_arrived(s, *r))
-        return h
+        return self._loop("stats", names, step, on_post=lambda r, s=src: self._stats_arrived(s, *r))
 
     def ensure_stats(self, name: str) -> None:
         """Compute ``name``'s statistics now, ahead of the background pass, if not cached."""
@@ -346,177 +362,6 @@ class Session(QObject):
             return self.imatrix.for_tensor(name, tuple(self.source.tensor(name).shape))
         except PlanError:
             return None
-
-    # -- previews ---------------------------------------------------------------------------
-    def _start_plan_preview(self) -> None:
-        """Predicted error of every quantized tensor in its planned type (sampled, cached)."""
-        if self.source is None or self.plan is None:
-            return
-        src, plan, cache = self.source, self.plan, self.preview_cache
-        imid = self.imatrix.id if self.imatrix is not None else None
-        todo = [(e.name, e.type) for e in plan.entries if e.quantize
-                and (e.name not in self.planned_errors or self.planned_errors[e.name].type != e.type)]
-        importance = {n: self.importance(n) for n, _ in todo}
-
-        def work(ctx: TaskContext) -> None:
-            from core.preview import PreviewCache, estimate
-            for i, (name, t) in enumerate(todo):
-                ctx.check()
-                imp = importance[name]
-                key = PreviewCache.key(src, name, t, imid if imp is not None else None)
-                m = cache.get(key)
-                if m is None:
-                    m = estimate(src, t, imp, name=name, sample_rows=PLAN_SAMPLE_ROWS, threads=1)
-                    cache.put(key, m)
-                ctx.post((name, t, m))
-                ctx.progress(Progress(i + 1, len(todo), "preview", name))
-
-        h = self._run("plan-preview", work, priority=-1)
-        h.posted.connect(lambda r, s=src: self._planned_error(s, *r))
-        h.succeeded.connect(lambda _: void(self.planPreviewDone.emit))
-        h.succeeded.connect(lambda _: self.start_frontier())
-
-    def _planned_error(self, src, name: str, t: str, m) -> None:
-        if src is not self.source or self.plan is None:
-            return
-        try:
-            if self.plan.entry(name).type != t:       # a late result of a superseded plan
-                return
-        except PlanError:
-            return
-        self.planned_errors[name] = PlannedError(t, m)
-        self.planErrorReady.emit(name)
-
-    def plan_preview(self):
-        """core.preview.PlanPreview of the current plan from what is known so far."""
-        from core.preview import PlanPreview, TensorPreview
-        from core.qtypes import type_info
-        out = PlanPreview()
-        if self.plan is None:
-            return out
-        for e in self.plan.entries:
-            ti = type_info(e.type)
-            pe = self.planned_errors.get(e.name)
-            m = pe.metrics if pe is not None and pe.type == e.type and e.quantize else None
-            out.tensors.append(TensorPreview(e.name, e.type, tuple(e.shape), e.nbytes, ti.bpw, e.quantize,
-                                             metrics=m))
-        return out
-
-    def request_candidates(self, name: str, exact: bool = True) -> TaskHandle | None:
-        """Every candidate type for ``name``: a sampled pass (posted at once), then exact ones."""
-        src = self.source
-        if src is None:
-            return None
-        info = src.tensor(name)
-        if info.ggml_type is None or info.n_dims < 1:
-            return None
-        imp = self.importance(name)
-        imid = self.imatrix.id if (self.imatrix is not None and imp is not None) else None
-        cache = self.preview_cache
-
-        types = self.candidate_types
-
-        def work(ctx: TaskContext):
-            from core import preview
-            ts = preview.candidate_types(info.row_len) if types is None else \
-                [t for t in preview.candidate_types(info.row_len) if t.name in types]
-            ms: list = []
-            for t in ts:                       # one type at a time: the table fills in as kernels load
-                ctx.check()
-                key = preview.PreviewCache.key(src, name, t, imid)
-                m = cache.get(key) or preview.estimate(src, t, imp, name=name, time_budget=CANDIDATE_BUDGET,
-                                                       threads=BG_THREADS)
-                cache.put(key, m)
-                ms.append(m)
-                ctx.post(list(ms))
-            if not exact:
-                return ms
-            for i, m in enumerate(ms):
-                ctx.check()
-                if m.exact:
-                    continue
-                key = preview.PreviewCache.key(src, name, m.type, imid)
-                ms[i] = cache.get(key, exact=True) or preview.exact(
-                    src, m.type, imp, name=name, threads=BG_THREADS, cancel=ctx.cancel,
-                    progress=lambda ev, t=m.type: ctx.progress(Progress(ev.done, ev.total, t, name,
-                                                                        elapsed=ev.elapsed)))
-                cache.put(key, ms[i])
-                ctx.post(list(ms))
-            return ms
-
-        h = self._run("candidates", work)
-        h.posted.connect(lambda ms, s=src, n=name: self._candidates(s, n, ms))
-        h.progress.connect(lambda ev, n=name: void(self.candidateProgress.emit, n, ev))
-        return h
-
-    def _candidates(self, src, name: str, ms) -> None:
-        if src is not self.source:
-            return
-        self.candidates[name] = ms
-        self.candidatesReady.emit(name, ms)
-
-    def request_overlay(self, name: str, qtype: str) -> TaskHandle | None:
-        """Histogram of ``name``'s rows after a round trip through ``qtype`` (a sample of rows)."""
-        src = self.source
-        if src is None:
-            return None
-        info = src.tensor(name)
-        if info.ggml_type is None or info.row_len == 0:
-            return None
-        imp = self.importance(name)
-
-        def work(ctx: TaskContext):
-            from core.kernels import get_kernel
-            from core.stats import compute_stats
-            k = get_kernel(qtype)
-            n = info.n_rows
-            step = max(1, n // OVERLAY_ROWS)
-            rows = np.concatenate([src.read_rows(name, a, a + 1) for a in range(0, n, step)][:OVERLAY_ROWS])
-            ctx.check()
-            w = None if imp is None or np.ndim(imp) != 1 else imp
-            y = k.dequantize(k.quantize(rows, w), info.row_len)
-            return compute_stats(f"{name}:{qtype}", y.shape, y, bins=128)
-
-        h = self._run("overlay", work)
-        h.succeeded.connect(lambda st, s=src, n=name, t=qtype: self._overlay(s, n, t, st))
-        return h
-
-    def _overlay(self, src, name: str, qtype: str, st) -> None:
-        if src is self.source:
-            self.overlayReady.emit(name, qtype, st)
-
-    def start_frontier(self) -> TaskHandle | None:
-        """Size vs error of every preset for this model (sampled, low priority)."""
-        if self.source is None or self.frontier:
-            return None
-        src, cache = self.source, self.preview_cache
-        imx = self.imatrix
-        presets = self.frontier_presets or planning.preset_names()
-
-        def work(ctx: TaskContext):
-            from core.preview import preview_plan
-            out = []
-            for name in presets:
-                ctx.check()
-                try:
-                    plan = planning.build_plan(src, planning.PlanSpec(preset=name), imx is not None)
-                except QuantStudioError:
-                    continue
-                pp = preview_plan(src, plan, imx, cache=cache, sample_rows=PLAN_SAMPLE_ROWS, threads=1,
-                                  cancel=ctx.cancel)
-                out.append((name, planning.plan_bytes(plan, src), pp.rel_rmse, pp.bpw))
-                ctx.post(list(out))
-            return out
-
-        h = self._run("frontier", work, priority=-2)
-        h.posted.connect(lambda r, s=src: self._frontier(s, r))
-        return h
-
-    def _frontier(self, src, points) -> None:
-        if src is not self.source:
-            return
-        self.frontier = points
-        self.frontierReady.emit(points)
 
     # -- quantizing -------------------------------------------------------------------------
     def quantize(self, output: str, threads: Optional[int] = None,

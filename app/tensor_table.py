@@ -15,12 +15,12 @@ from . import fmt, planning
 from .session import Session
 from .workers import void
 
-COLUMNS = ["Tensor", "Layer", "Shape", "Type", "Size", "Std", "Kurtosis", "Absmax", ">3σ", ">6σ", "NaN/Inf",
-           "Col spread", "Planned", "bpw", "Planned size", "Pred. error", "Reason"]
-(C_NAME, C_LAYER, C_SHAPE, C_TYPE, C_SIZE, C_STD, C_KURT, C_ABSMAX, C_O3, C_O6, C_NONFINITE, C_SPREAD,
- C_PLANNED, C_BPW, C_PSIZE, C_ERR, C_REASON) = range(len(COLUMNS))
-STATS_COLS = (C_STD, C_KURT, C_ABSMAX, C_O3, C_O6, C_NONFINITE, C_SPREAD)
-PLAN_COLS = (C_PLANNED, C_BPW, C_PSIZE, C_ERR, C_REASON)
+COLUMNS = ["Tensor", "Layer", "Shape", "Type", "Size", "Planned", "bpw", "Pred. error", "Planned size", "Std",
+           "Kurtosis", ">6σ", "NaN/Inf", "Col spread", "Absmax", ">3σ", "Reason"]
+(C_NAME, C_LAYER, C_SHAPE, C_TYPE, C_SIZE, C_PLANNED, C_BPW, C_ERR, C_PSIZE, C_STD, C_KURT, C_O6, C_NONFINITE,
+ C_SPREAD, C_ABSMAX, C_O3, C_REASON) = range(len(COLUMNS))
+STATS_COLS = (C_STD, C_KURT, C_O6, C_NONFINITE, C_SPREAD, C_ABSMAX, C_O3)      # contiguous
+PLAN_COLS = (C_PLANNED, C_BPW, C_ERR, C_PSIZE, C_REASON)
 SORT_ROLE = Qt.ItemDataRole.UserRole
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
 LAYER_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -74,7 +74,7 @@ class TensorTableModel(QAbstractTableModel):
         self.endResetModel()
 
     def _stats(self, name: str) -> None:
-        self._touch(name, STATS_COLS[0], STATS_COLS[-1])
+        self._touch(name, min(STATS_COLS), max(STATS_COLS))
 
     def _touch(self, name: str, c0: int, c1: int) -> None:
         """One row's cells changed. Emitted per row: the view repaints only the part of the
@@ -87,7 +87,7 @@ class TensorTableModel(QAbstractTableModel):
     def _plan(self) -> None:
         self._entries = {e.name: e for e in self.s.plan.entries} if self.s.plan is not None else {}
         if self.tensors:
-            self.dataChanged.emit(self.index(0, PLAN_COLS[0]), self.index(len(self.tensors) - 1, PLAN_COLS[-1]))
+            self.dataChanged.emit(self.index(0, min(PLAN_COLS)), self.index(len(self.tensors) - 1, max(PLAN_COLS)))
 
     def _err(self, name: str) -> None:
         self._touch(name, C_ERR, C_ERR)
@@ -205,7 +205,7 @@ class TensorTableModel(QAbstractTableModel):
         if c == C_PLANNED:
             return e.type if e.quantize else f"{e.type} (copy)"
         if c == C_BPW:
-            return f"{8 * e.nbytes / e.n_elements:.3g}" if e.n_elements else ""
+            return f"{e.bpw:.3g}"
         if c == C_PSIZE:
             return fmt.human_bytes(e.nbytes)
         if c == C_ERR:
@@ -242,7 +242,7 @@ class TensorTableModel(QAbstractTableModel):
         if c == C_PLANNED or c == C_REASON:
             return e.type if c == C_PLANNED else e.reason
         if c == C_BPW:
-            return 8 * e.nbytes / e.n_elements if e.n_elements else 0.0
+            return e.bpw
         if c == C_PSIZE:
             return e.nbytes
         if c == C_ERR:
@@ -410,10 +410,10 @@ class TensorTable(QWidget):
         h = self.view.horizontalHeader()
         h.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         h.setStretchLastSection(True)
-        self.view.setColumnWidth(C_NAME, 210)
-        for c, w in ((C_LAYER, 46), (C_SHAPE, 104), (C_TYPE, 54), (C_SIZE, 80), (C_STD, 64), (C_KURT, 64),
-                     (C_ABSMAX, 62), (C_O3, 60), (C_O6, 44), (C_NONFINITE, 58), (C_SPREAD, 70), (C_PLANNED, 92),
-                     (C_BPW, 44), (C_PSIZE, 84), (C_ERR, 78)):
+        self.view.setColumnWidth(C_NAME, 190)
+        for c, w in ((C_LAYER, 42), (C_SHAPE, 96), (C_TYPE, 50), (C_SIZE, 76), (C_PLANNED, 82), (C_BPW, 40),
+                     (C_ERR, 76), (C_PSIZE, 84), (C_STD, 62), (C_KURT, 62), (C_O6, 44), (C_NONFINITE, 58),
+                     (C_SPREAD, 70), (C_ABSMAX, 60), (C_O3, 60)):
             self.view.setColumnWidth(c, w)
         self.view.sortByColumn(C_LAYER, Qt.SortOrder.AscendingOrder)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)

@@ -31,6 +31,13 @@ def void(fn: Callable, *args: Any) -> None:
     fn(*args)
 
 
+def soon(timer: QTimer) -> None:
+    """Start a single-shot ``timer`` unless it already runs: a stream of results then updates a
+    view every interval (restarting it instead would postpone the update until the stream ends)."""
+    if not timer.isActive():
+        timer.start()
+
+
 class TaskHandle(QObject):
     """GUI-side view of a running task. Exactly one of ``succeeded``/``failed``/``cancelled``
     fires, then ``finished``."""
@@ -85,7 +92,7 @@ class TaskContext:
         self.cancel.check()
 
 
-BACKGROUND_NICE = int(os.environ.get("QS_NICE", "10"))
+BACKGROUND_NICE = 10
 _niced: set[int] = set()
 
 
@@ -143,7 +150,7 @@ class Workers(QObject):
     """Two thread pools: one for what the user asked for (open a file, quantize), one for analysis
     running behind it (statistics, previews), so the first never queues behind the second."""
 
-    def __init__(self, max_threads: int = int(os.environ.get("QS_BG_POOL", "2")), parent: Optional[QObject] = None):
+    def __init__(self, max_threads: int = 2, parent: Optional[QObject] = None):
         super().__init__(parent)
         self.pool = QThreadPool(self)                # background analysis
         self.pool.setMaxThreadCount(max_threads)

@@ -58,3 +58,30 @@ def test_drop_and_bad_imatrix(qtbot, window, synthetic_path, tmp_path):
     win.table.select(name)
     qtbot.waitUntil(lambda: bool(win.preview.metrics) and win.preview.metrics[0].weighted, timeout=30000)
     assert win.preview.table.item(0, 8).text().endswith("%")         # imatrix-weighted error column
+
+
+def _drop(win, path):
+    """A drag entering the window, then the drop (what a file manager does)."""
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(path)])
+    args = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
+    enter = QDragEnterEvent(QPointF(50, 50), *args)
+    QApplication.sendEvent(win, enter)
+    assert enter.isAccepted()
+    QApplication.sendEvent(win, QDropEvent(QPointF(50, 50), *args))
+
+
+def test_dropping_a_file_on_the_window(qtbot, window, synthetic_path, tmp_path):
+    win = window
+    with qtbot.waitSignal(win.s.modelOpened, timeout=20000):
+        _drop(win, synthetic_path)
+    assert win.s.path == synthetic_path
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00")
+    with qtbot.waitSignal(win.errorShown, timeout=10000):
+        _drop(win, str(bad))
+    assert win.s.path == synthetic_path                  # the open model stays

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
@@ -50,6 +51,9 @@ def test_open_inspect_edit_preview(qtbot, window, demo_path):
     before_size = win.s.planned_bytes()
     before_err = win.s.planned_errors[NAME].metrics.rel_rmse
     assert win.preview.t["Predicted size"].text() != "–"
+    qtbot.waitUntil(lambda: win.preview.t["Est. rel. RMSE"].text().endswith("%"), timeout=30000)
+    n = sum(e.quantize for e in win.s.plan.entries)
+    qtbot.waitUntil(lambda: win.preview.t["Estimated"].text() == f"{n} / {n} quantized tensors", timeout=60000)
 
     # change the type in the table (the combo delegate's path) -> plan, preview, totals follow
     idx = win.table.proxy.mapFromSource(_cell(win, NAME, tt.C_PLANNED))
@@ -138,11 +142,14 @@ def test_selection_rules_plan_files_cli(qtbot, window, demo_path, tmp_path):
     assert pp.preset.currentText() == "Q4_0" and pp.rules.rowCount() == 2
     assert win.s.spec.overrides and win.s.spec.token_embedding_type == "Q8_0"
 
-    # the CLI command names the preset, rules and types, and is on the clipboard
+    # the CLI command is on the clipboard, and the CLI makes exactly this plan from it
     win.copy_cli()
     cmd = QGuiApplication.clipboard().text()
-    assert cmd.startswith("quant-studio quantize ") and "Q4_0" in cmd and "ffn_up=Q8_0" in cmd
+    assert cmd.startswith("quant-studio quantize ") and "--preset Q4_0" in cmd and "ffn_up=Q8_0" in cmd
     assert cmd == win.cli_command()
+    from core.cli import build_parser, build_plan
+    ns = build_parser().parse_args(shlex.split(cmd)[1:])
+    assert {e.name: e.type for e in build_plan(win.s.source, ns).entries} == types_before
 
     # a plan for another model is refused
     bad = tmp_path / "other.json"
@@ -182,3 +189,27 @@ def test_filter_regex_layers_and_heatmap(qtbot, window, demo_path):
     assert name == "blk.1.ffn_down.weight"
     win.table.select(name)
     assert win.current == name
+
+
+def test_start_with_a_model_and_recent_files(qtbot, synthetic_path, demo_path):
+    from app.main import start
+
+    app, win = start(synthetic_path, warm_up=False)
+    qtbot.addWidget(win)
+    try:
+        qtbot.waitUntil(lambda: win.s.source is not None, timeout=20000)
+        assert win.windowTitle() == f"Quant Studio — {win.s.source.name}"
+        assert win.recent_files()[0] == synthetic_path
+        with qtbot.waitSignal(win.s.modelOpened, timeout=20000):
+            win.open_demo()
+        assert [a.toolTip() for a in win.recent_menu.actions()][:2] == [demo_path, synthetic_path]
+    finally:
+        win.close()
+    # the next start (no model given, not the first start) reopens the most recent file
+    app, win2 = start(None, warm_up=False)
+    qtbot.addWidget(win2)
+    try:
+        qtbot.waitUntil(lambda: win2.s.source is not None, timeout=20000)
+        assert win2.s.path == demo_path
+    finally:
+        win2.close()
