@@ -62,14 +62,14 @@ def test_drop_and_bad_imatrix(qtbot, window, synthetic_path, tmp_path):
 
 def _drop(win, path):
     """A drag entering the window, then the drop (what a file manager does)."""
-    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
     from PySide6.QtGui import QDragEnterEvent, QDropEvent
     from PySide6.QtWidgets import QApplication
 
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(path)])
     args = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
-    enter = QDragEnterEvent(QPointF(50, 50), *args)
+    enter = QDragEnterEvent(QPoint(50, 50), *args)          # Qt: QDragEnterEvent takes a QPoint
     QApplication.sendEvent(win, enter)
     assert enter.isAccepted()
     QApplication.sendEvent(win, QDropEvent(QPointF(50, 50), *args))
