@@ -10,6 +10,8 @@ from core.cli import PROG, main as cli_main, wants_gui
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import multiprocessing
+    multiprocessing.freeze_support()       # the studio's worker processes in a frozen (installer) build
     argv = list(sys.argv[1:] if argv is None else argv)
     if not wants_gui(argv):
         return cli_main(argv)

@@ -93,14 +93,7 @@ def build_plan(source, spec: PlanSpec, has_imatrix: bool = False) -> cplan.Plan:
 
 
 def plan_bytes(plan: cplan.Plan, source=None) -> int:
-    """Predicted output size to the byte (core.plan.predict_size), tensor bytes for a source
-    without GGUF metadata."""
-    if source is not None and getattr(source, "kv", None) is not None:
-        try:
-            return cplan.predict_size(plan, source).total
-        except QuantStudioError:
-            pass
-    return plan.tensor_bytes
+    return cplan.planned_bytes(plan, source)
 
 
 def _cli_flags() -> set[str]:

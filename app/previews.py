@@ -1,24 +1,21 @@
 """Previews of the open model, part of the session: the predicted error of every planned tensor,
 the candidate types of the selected tensor (sampled, then exact), the dequantized-histogram
-overlay and the size-vs-error points of the presets. All numbers come from core.preview /
-core.kernels / core.stats, run through the session's background loop."""
+overlay and the size-vs-error points of the presets. All numbers come from core.tasks (core.preview,
+core.kernels, core.stats), run in the session's worker processes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from core.errors import PlanError, QuantStudioError
-from core.progress import Progress
+from core.errors import PlanError
 
 from . import planning
-from .workers import TaskContext, TaskHandle, void
+from .workers import TaskHandle, void
 
 PLAN_SAMPLE_ROWS = 64          # rows per tensor for the plan's predicted-error column
 CANDIDATE_BUDGET = 0.06        # seconds per type for the first, sampled candidate preview
 OVERLAY_ROWS = 256             # rows read for the dequantized-histogram overlay
-BG_THREADS = 1                 # threads per background computation (the GUI thread needs the GIL too)
+BG_THREADS = 1                 # threads per background computation (they share the cores with the quantizer)
 
 
 @dataclass
@@ -37,28 +34,20 @@ class PreviewsMixin:
         """Predicted error of every quantized tensor in its planned type (sampled, cached)."""
         if self.source is None or self.plan is None:
             return
-        src, plan, cache = self.source, self.plan, self.preview_cache
+        src, path, plan = self.source, self.path, self.plan
         imid = self.imatrix.id if self.imatrix is not None else None
-        todo = [(e.name, e.type) for e in plan.entries if e.quantize
-                and (e.name not in self.planned_errors or self.planned_errors[e.name].type != e.type)]
-        importance = {n: self.importance(n) for n, _ in todo}
-
-        def step(ctx: TaskContext, item) -> None:
-            from core.preview import PreviewCache, estimate
-            name, t = item
-            imp = importance[name]
-            key = PreviewCache.key(src, name, t, imid if imp is not None else None)
-            m = cache.get(key)
-            if m is None:
-                m = estimate(src, t, imp, name=name, sample_rows=PLAN_SAMPLE_ROWS, threads=1)
-                cache.put(key, m)
-            ctx.post((name, t, m))
+        todo = []
+        for e in plan.entries:
+            if e.quantize and (e.name not in self.planned_errors or self.planned_errors[e.name].type != e.type):
+                imp = self.importance(e.name)
+                todo.append((e.name, e.type, imp, imid if imp is not None else None))
 
         def done() -> None:
             self.planPreviewDone.emit()
             self.start_frontier()
 
-        self._loop("plan-preview", todo, step, on_post=lambda r, s=src: self._planned_error(s, *r), on_done=done)
+        self._loop("plan-preview", "core.tasks:planned_error_item", todo, path, PLAN_SAMPLE_ROWS,
+                   on_post=lambda r, s=src: self._planned_error(s, *r), on_done=done)
 
     def _planned_error(self, src, name: str, t: str, m) -> None:
         if src is not self.source or self.plan is None:
@@ -96,39 +85,8 @@ class PreviewsMixin:
             return None
         imp = self.importance(name)
         imid = self.imatrix.id if (self.imatrix is not None and imp is not None) else None
-        cache = self.preview_cache
-
-        types = self.candidate_types
-
-        def work(ctx: TaskContext):
-            from core import preview
-            ts = preview.candidate_types(info.row_len) if types is None else \
-                [t for t in preview.candidate_types(info.row_len) if t.name in types]
-            ms: list = []
-            for t in ts:                       # one type at a time: the table fills in as kernels load
-                ctx.check()
-                key = preview.PreviewCache.key(src, name, t, imid)
-                m = cache.get(key) or preview.estimate(src, t, imp, name=name, time_budget=CANDIDATE_BUDGET,
-                                                       threads=BG_THREADS)
-                cache.put(key, m)
-                ms.append(m)
-                ctx.post(list(ms))
-            if not exact:
-                return ms
-            for i, m in enumerate(ms):
-                ctx.check()
-                if m.exact:
-                    continue
-                key = preview.PreviewCache.key(src, name, m.type, imid)
-                ms[i] = cache.get(key, exact=True) or preview.exact(
-                    src, m.type, imp, name=name, threads=BG_THREADS, cancel=ctx.cancel,
-                    progress=lambda ev, t=m.type: ctx.progress(Progress(ev.done, ev.total, t, name,
-                                                                        elapsed=ev.elapsed)))
-                cache.put(key, ms[i])
-                ctx.post(list(ms))
-            return ms
-
-        h = self._run("candidates", work)
+        h = self._call("candidates", "core.tasks:candidates", self.path, name, self.candidate_types, imp, imid,
+                       exact, CANDIDATE_BUDGET, BG_THREADS)
         h.posted.connect(lambda ms, s=src, n=name: self._candidates(s, n, ms))
         h.progress.connect(lambda ev, n=name: void(self.candidateProgress.emit, n, ev))
         return h
@@ -147,21 +105,7 @@ class PreviewsMixin:
         info = src.tensor(name)
         if info.ggml_type is None or info.row_len == 0:
             return None
-        imp = self.importance(name)
-
-        def work(ctx: TaskContext):
-            from core.kernels import get_kernel
-            from core.stats import compute_stats
-            k = get_kernel(qtype)
-            n = info.n_rows
-            step = max(1, n // OVERLAY_ROWS)
-            rows = np.concatenate([src.read_rows(name, a, a + 1) for a in range(0, n, step)][:OVERLAY_ROWS])
-            ctx.check()
-            w = None if imp is None or np.ndim(imp) != 1 else imp
-            y = k.dequantize(k.quantize(rows, w), info.row_len)
-            return compute_stats(f"{name}:{qtype}", y.shape, y, bins=128)
-
-        h = self._run("overlay", work)
+        h = self._call("overlay", "core.tasks:overlay", self.path, name, qtype, self.importance(name), OVERLAY_ROWS)
         h.succeeded.connect(lambda st, s=src, n=name, t=qtype: self._overlay(s, n, t, st))
         return h
 
@@ -173,24 +117,13 @@ class PreviewsMixin:
         """Size vs error of every preset for this model (sampled, low priority)."""
         if self.source is None or self.frontier:
             return None
-        src, cache = self.source, self.preview_cache
-        imx = self.imatrix
+        src = self.source
         presets = self.frontier_presets or planning.preset_names()
-
         out: list = []
-
-        def step(ctx: TaskContext, name: str) -> None:
-            from core.preview import preview_plan
-            try:
-                plan = planning.build_plan(src, planning.PlanSpec(preset=name), imx is not None)
-            except QuantStudioError:
-                return
-            pp = preview_plan(src, plan, imx, cache=cache, sample_rows=PLAN_SAMPLE_ROWS, threads=1,
-                              cancel=ctx.cancel)
-            out.append((name, planning.plan_bytes(plan, src), pp.rel_rmse, pp.bpw))
-
-        # one post at the end: every redraw of the chart costs the GUI thread
-        return self._loop("frontier", presets, step, priority=-2, on_done=lambda s=src: self._frontier(s, out))
+        # gathered here, shown once at the end: every redraw of the chart costs the GUI thread
+        return self._loop("frontier", "core.tasks:frontier_item", presets, self.path, self.imatrix, PLAN_SAMPLE_ROWS,
+                          priority=-2, on_post=out.append,
+                          on_done=lambda s=src: self._frontier(s, out))
 
     def _frontier(self, src, points) -> None:
         if src is not self.source:

@@ -9,7 +9,6 @@ import os
 import time
 from typing import Any, Optional
 
-import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
 # core's modules are imported here, at start-up, so that no first import (Numba, gguf) ever
@@ -70,8 +69,6 @@ class Session(QObject, PreviewsMixin):
         self.warmed = False
         self.candidate_types: Optional[list[str]] = None     # None: every type core offers for a tensor
         self.frontier_presets: Optional[list[str]] = None    # None: every preset
-        from core.preview import PreviewCache
-        self.preview_cache = PreviewCache()
         self._tasks: dict[str, TaskHandle] = {}
         self._size, self._size_for = 0, None
         self._stats_inflight: set[str] = set()
@@ -79,45 +76,53 @@ class Session(QObject, PreviewsMixin):
         self._plan_timer.timeout.connect(self._start_plan_preview)
 
     # -- background helpers --------------------------------------------------------------
-    def _run(self, key: str, fn, *, replace: bool = True, priority: int = 0, user: bool = False) -> TaskHandle:
+    def _run(self, key: str, fn, *, replace: bool = True, priority: int = 0, user: bool = False,
+             report: bool = True) -> TaskHandle:
         """Submit ``fn`` under ``key``, cancelling the previous task of that key when ``replace``;
         ``user``: an action the user is waiting for (its own pool)."""
         old = self._tasks.get(key)
         if old is not None and old.running and replace:
             old.cancel()
         h = self.workers.submit(fn, key, priority=priority, user=user)
-        if not user:                            # user actions report their own failures
+        if report and not user:                 # user actions report their own failures
             h.failed.connect(lambda e, k=key: void(self.backgroundError.emit, k, e))
         self._tasks[key] = h
         return h
 
-    def _loop(self, key: str, items: list, step, *, priority: int = -1, on_post=None, on_done=None,
-              budget: float = SLICE_SECONDS) -> TaskHandle:
-        """``step(ctx, item)`` over ``items`` in background tasks of about ``budget`` seconds each:
-        a task the user is waiting for (a selected tensor's preview) starts between two slices
-        instead of after a whole pass. Cancelling the current slice ends the loop."""
-        def work(ctx: TaskContext) -> int:
-            t0, i = time.monotonic(), 0
-            while i < len(items) and (i == 0 or time.monotonic() - t0 < budget):
-                ctx.check()
-                step(ctx, items[i])
-                i += 1
-            return i
-
-        h = self._run(key, work, priority=priority)
+    def _loop(self, key: str, target: str, items: list, *args, priority: int = -1, on_post=None, on_done=None,
+              pending=None, budget: float = SLICE_SECONDS) -> Optional[TaskHandle]:
+        """``target(ctx, item, *args)`` (a core function, run in a worker process) over ``items``
+        in slices of about ``budget`` seconds: a task the user is waiting for (a selected tensor's
+        preview) starts between two slices instead of after a whole pass. ``pending(item)``
+        drops items done meanwhile. Cancelling the current slice ends the loop."""
+        if pending is not None:
+            items = [it for it in items if pending(it)]
+        if not items:
+            if on_done is not None:
+                on_done()
+            return None
+        h = self._call(key, "core.tasks:run_slice", target, items, budget, *args, priority=priority)
         if on_post is not None:
             h.posted.connect(on_post)
 
         def next_slice(n: int) -> None:
             if self._tasks.get(key) is not h:      # superseded (a new model, a new plan): stop here
                 return
-            if n < len(items):
-                self._loop(key, items[n:], step, priority=priority, on_post=on_post, on_done=on_done, budget=budget)
-            elif on_done is not None:
-                on_done()
+            self._loop(key, target, items[n:], *args, priority=priority, on_post=on_post, on_done=on_done,
+                       pending=pending, budget=budget)
 
         h.succeeded.connect(next_slice)
         return h
+
+    def _call(self, key: str, target: str, *args, replace: bool = True, priority: int = 0,
+              user: bool = False, report: bool = True, **kwargs) -> TaskHandle:
+        """:meth:`_run` of a core function in a worker process (see core.procpool)."""
+        pool = self.workers.jobs if user else self.workers.analysis
+
+        def work(ctx: TaskContext):
+            return pool.call(target, *args, progress=ctx.progress, post=ctx.post, cancel=ctx.cancel, **kwargs)
+
+        return self._run(key, work, replace=replace, priority=priority, user=user, report=report)
 
     def task(self, key: str) -> Optional[TaskHandle]:
         h = self._tasks.get(key)
@@ -129,22 +134,14 @@ class Session(QObject, PreviewsMixin):
             if h is not None:
                 h.cancel()
 
-    def warm_up(self) -> TaskHandle:
-        """Load (or compile) the Numba kernels in the background, one type per slice, the types of
-        the current preset first, so that the first action is not slow."""
+    def warm_up(self) -> Optional[TaskHandle]:
+        """Start the worker processes and load (or compile) the Numba kernels in the background,
+        one type per slice, the types of the current preset first, so the first action is not slow."""
         from core.qtypes import writable_types
+        self.workers.start_processes()
         first = {e.type for e in self.plan.entries} if self.plan is not None else set()
         todo = ["stats"] + sorted((t.name for t in writable_types()), key=lambda n: n not in first)
-
-        def step(ctx: TaskContext, what: str) -> None:
-            from core import preview
-            from core.stats import compute_stats
-            if what == "stats":
-                compute_stats("warm-up", (4, 256), np.ones((4, 256), np.float32))
-            else:
-                preview.warm_up([what])
-
-        return self._loop("warm-up", todo, step, priority=-1, budget=0.0, on_done=self._warm_done)
+        return self._loop("warm-up", "core.tasks:warm", todo, priority=-1, budget=0.0, on_done=self._warm_done)
 
     def _warm_done(self) -> None:
         self.warmed = True
@@ -156,15 +153,8 @@ class Session(QObject, PreviewsMixin):
         self.modelOpening.emit(path)
 
         def work(ctx: TaskContext):
-            from core.sources import open_model
-            src = open_model(path)
-            if getattr(src, "kv", None) is None:        # Hugging Face checkpoint: see it as its GGUF
-                try:
-                    from core.convert import convert_source
-                    return convert_source(src), ""
-                except QuantStudioError as e:
-                    return src, f"inspection only, cannot convert to GGUF: {e}"
-            return src, ""
+            from core.tasks import open_for_studio       # a Hugging Face checkpoint is seen as its GGUF
+            return open_for_studio(path)
 
         h = self._run("open", work, user=True)
         h.succeeded.connect(lambda r, p=path: self._opened(p, *r))
@@ -177,7 +167,6 @@ class Session(QObject, PreviewsMixin):
         self.stats, self.planned_errors, self.candidates, self.frontier = {}, {}, {}, []
         self.stats_errors = {}
         self._stats_inflight.clear()
-        self.preview_cache.clear()
         self.imatrix, self.imatrix_path, self.imatrix_match = None, None, None
         self.spec = planning.PlanSpec(preset=self.spec.preset)
         self.plan = None
@@ -197,23 +186,13 @@ class Session(QObject, PreviewsMixin):
             self._plan_timer.start()
 
     # -- statistics -----------------------------------------------------------------------
-    def start_stats(self) -> TaskHandle:
+    def start_stats(self) -> Optional[TaskHandle]:
         """Statistics of every tensor, in file order, in slices (see _loop)."""
-        src = self.source
+        src, path = self.source, self.path
         names = [t.name for t in src.tensors if t.ggml_type is not None]
-
-        def step(ctx: TaskContext, name: str) -> None:
-            from core.inspect import tensor_stats
-            if name in self.stats or name in self._stats_inflight:
-                return
-            try:
-                ctx.post((name, tensor_stats(src, name, threads=BG_THREADS, cancel=ctx.cancel)))
-            except QuantStudioError as e:
-                if ctx.cancel.cancelled:
-                    raise
-                ctx.post((name, e))                     # one unreadable tensor does not stop the pass
-
-        return self._loop("stats", names, step, on_post=lambda r, s=src: self._stats_arrived(s, *r))
+        return self._loop("stats", "core.tasks:stats_item", names, path, BG_THREADS,
+                          pending=lambda n: n not in self.stats and n not in self._stats_inflight,
+                          on_post=lambda r, s=src: self._stats_arrived(s, *r))
 
     def ensure_stats(self, name: str) -> None:
         """Compute ``name``'s statistics now, ahead of the background pass, if not cached."""
@@ -223,12 +202,8 @@ class Session(QObject, PreviewsMixin):
         if src.tensor(name).ggml_type is None:
             return
         self._stats_inflight.add(name)
-
-        def work(ctx: TaskContext):
-            from core.inspect import tensor_stats
-            return tensor_stats(src, name, threads=BG_THREADS, cancel=ctx.cancel)
-
-        h = self.workers.submit(work, f"stats:{name}", priority=1)
+        h = self._call(f"stats:{name}", "core.tasks:stats", self.path, name, BG_THREADS, priority=1,
+                       report=False)
         h.failed.connect(lambda e, s=src, n=name: self._stats_arrived(s, n, e))
         h.succeeded.connect(lambda st, s=src, n=name: self._stats_arrived(s, n, st))
         h.finished.connect(lambda n=name: self._stats_inflight.discard(n))
@@ -345,7 +320,6 @@ class Session(QObject, PreviewsMixin):
 
     def _imatrix_loaded(self, path: str, data, match) -> None:
         self.imatrix, self.imatrix_path, self.imatrix_match = data, path, match
-        self.preview_cache.clear()
         self._imatrix_changed()
 
     def _imatrix_changed(self) -> None:
@@ -379,13 +353,9 @@ class Session(QObject, PreviewsMixin):
         if imx is not None:
             imat = {e.name: w for e in plan.entries if e.quantize and (w := self.importance(e.name)) is not None}
 
-        def work(ctx: TaskContext):
-            from core.job import run_plan
-            extra = imx.metadata(self.imatrix_path) if imx is not None else None
-            return run_plan(src, plan, output, threads=threads, split_max_size=split_max_size, imatrix=imat,
-                            extra_kv=extra, progress=ctx.progress, cancel=ctx.cancel, on_tensor=ctx.post)
-
-        return self._run("quantize", work, replace=False, user=True)
+        extra = imx.metadata(self.imatrix_path) if imx is not None else None
+        return self._call("quantize", "core.tasks:quantize", self.path, plan, output, threads, split_max_size,
+                          imat, extra, replace=False, user=True)
 
     def shutdown(self) -> None:
         self._plan_timer.stop()

@@ -146,18 +146,35 @@ class _Runnable(QRunnable):
             h.finished.emit()
 
 
+def analysis_processes() -> int:
+    """Worker processes for analysis: one on a small machine (the quantizer needs the cores too)."""
+    return 1 if (os.cpu_count() or 1) <= 4 else 2
+
+
 class Workers(QObject):
     """Two thread pools: one for what the user asked for (open a file, quantize), one for analysis
-    running behind it (statistics, previews), so the first never queues behind the second."""
+    running behind it (statistics, previews), so the first never queues behind the second. The
+    heavy work runs in worker processes (core.procpool, shared by every window of the program):
+    ``analysis`` for statistics and previews, ``jobs`` for quantizing. A thread of the matching
+    pool waits for each call, so ordering, priorities, progress and cancel work as for threads,
+    while the GUI process keeps its GIL and its CPU time for drawing."""
 
-    def __init__(self, max_threads: int = 2, parent: Optional[QObject] = None):
+    def __init__(self, max_threads: Optional[int] = None, parent: Optional[QObject] = None):
         super().__init__(parent)
+        from core.procpool import shared_pool
+        self.analysis = shared_pool("analysis", analysis_processes())
+        self.jobs = shared_pool("jobs", 1, nice=5)
         self.pool = QThreadPool(self)                # background analysis
-        self.pool.setMaxThreadCount(max_threads)
+        self.pool.setMaxThreadCount(max_threads or self.analysis.size)
         self.user_pool = QThreadPool(self)           # user actions
         self.user_pool.setMaxThreadCount(2)
         self._active: set[TaskHandle] = set()
         self._closed = False
+
+    def start_processes(self) -> None:
+        """Start the worker processes now (they import core while the window comes up)."""
+        self.analysis.start()
+        self.jobs.start()
 
     def submit(self, fn: Callable[[TaskContext], Any], name: str = "task",
                interval: float = PROGRESS_INTERVAL, priority: int = 0, user: bool = False) -> TaskHandle:

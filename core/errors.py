@@ -12,6 +12,11 @@ class QuantStudioError(Exception):
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
+    def __reduce__(self):
+        # travels between processes (core.procpool) as itself, message and path intact
+        return (type(self), (self.message, self.path), {k: v for k, v in self.__dict__.items()
+                                                          if k not in ("message", "path")})
+
 
 class SourceError(QuantStudioError):
     """A model file cannot be opened or read (missing, truncated, corrupt, unsupported)."""

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from .errors import PlanError
+from .errors import PlanError, QuantStudioError
 from .qtypes import INTERMEDIATE_ONLY, KERNEL_FAMILY, T, is_quantized, parse_type, writable_type_names
 
 PLAN_VERSION = 2
@@ -577,3 +577,16 @@ def predict_size(plan: Plan, kv: Any, split_max_size: Optional[int] = None, *,
              for e in plan.entries]
     return SizePrediction(layout.total_size, [s.size for s in layout.shards],
                           sum(len(s.header) for s in layout.shards), sizes)
+
+
+def planned_bytes(plan: Plan, source=None) -> int:
+    """Predicted output size to the byte (:func:`predict_size`) for a source with GGUF metadata,
+    else the tensors' bytes (a checkpoint seen for inspection only)."""
+    if source is not None and getattr(source, "kv", None) is not None:
+        try:
+            return predict_size(plan, source).total
+        except QuantStudioError:
+            pass
+    return plan.tensor_bytes
+
+

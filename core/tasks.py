@@ -1,0 +1,193 @@
+"""The studio's background work as plain functions of core, run in worker processes
+(:mod:`core.procpool`): statistics, predicted errors, candidate previews, the dequantized
+histogram, the presets' size-vs-error points, kernel warm-up and the quantization job.
+
+Each takes a task context first (``progress``, ``post``, ``cancel``, ``check``) and names its
+model by path; a worker process opens a model once and keeps it, with a preview cache, for the
+calls that follow.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .errors import QuantStudioError
+
+_SOURCES: dict[str, tuple] = {}
+_LOCK = threading.Lock()
+_CACHE = None
+MAX_OPEN = 4                     # models a worker keeps open
+
+
+def open_for_studio(path: str):
+    """``(source, note)``: a model as the studio sees it. A Hugging Face checkpoint is seen as the
+    GGUF it converts to; when it cannot be converted it opens for inspection only, ``note`` says why."""
+    from .sources import open_model
+    src = open_model(path)
+    if getattr(src, "kv", None) is None:
+        try:
+            from .convert import convert_source
+            return convert_source(src), ""
+        except QuantStudioError as e:
+            return src, f"inspection only, cannot convert to GGUF: {e}"
+    return src, ""
+
+
+def _stamp(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+        return (st.st_size, st.st_mtime_ns)
+    except OSError:
+        return ()
+
+
+def source(path: str):
+    """This process's open copy of the model at ``path`` (re-opened when the file changed)."""
+    path = os.path.abspath(path)
+    stamp = _stamp(path)
+    with _LOCK:
+        hit = _SOURCES.get(path)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+    src, _ = open_for_studio(path)
+    with _LOCK:
+        if len(_SOURCES) >= MAX_OPEN:
+            _SOURCES.pop(next(iter(_SOURCES)))
+        _SOURCES[path] = (stamp, src)
+    return src
+
+
+def preview_cache():
+    global _CACHE
+    if _CACHE is None:
+        from .preview import PreviewCache
+        _CACHE = PreviewCache()
+    return _CACHE
+
+
+def run_slice(ctx, target: str, items: Sequence, budget: float, *args: Any) -> int:
+    """``target(ctx, item, *args)`` for items in order until ``budget`` seconds have passed (at
+    least one); returns how many were done. Slices let a task someone waits for run in between."""
+    from .procpool import resolve
+    fn = resolve(target)
+    t0, i = time.monotonic(), 0
+    while i < len(items) and (i == 0 or time.monotonic() - t0 < budget):
+        ctx.check()
+        fn(ctx, items[i], *args)
+        i += 1
+    return i
+
+
+def stats_item(ctx, name: str, path: str, threads: int = 1) -> None:
+    """Posts ``(name, TensorStats)``, or ``(name, error)`` for a tensor that cannot be read."""
+    from .inspect import tensor_stats
+    try:
+        ctx.post((name, tensor_stats(source(path), name, threads=threads, cancel=ctx.cancel)))
+    except QuantStudioError as e:
+        if ctx.cancel.cancelled:
+            raise
+        ctx.post((name, e))
+
+
+def stats(ctx, path: str, name: str, threads: int = 1):
+    from .inspect import tensor_stats
+    return tensor_stats(source(path), name, threads=threads, cancel=ctx.cancel)
+
+
+def planned_error_item(ctx, item: tuple, path: str, sample_rows: int) -> None:
+    """``item`` = (name, type, importance or None, imatrix id or None); posts (name, type, metrics)."""
+    from .preview import PreviewCache, estimate
+    name, qtype, imp, imid = item
+    src, cache = source(path), preview_cache()
+    key = PreviewCache.key(src, name, qtype, imid if imp is not None else None)
+    m = cache.get(key)
+    if m is None:
+        m = estimate(src, qtype, imp, name=name, sample_rows=sample_rows, threads=1)
+        cache.put(key, m)
+    ctx.post((name, qtype, m))
+
+
+def candidates(ctx, path: str, name: str, types: Optional[Sequence[str]], importance, imatrix_id,
+               exact: bool = True, budget: float = 0.06, threads: int = 1) -> list:
+    """Error metrics of every candidate type of ``name``: a sampled pass (posted type by type),
+    then exact ones (progress per type); returns the final list."""
+    from .preview import PreviewCache, candidate_types, estimate
+    from .preview import exact as exact_metrics
+    from .progress import Progress
+    src, cache = source(path), preview_cache()
+    info = src.tensor(name)
+    ts = [t for t in candidate_types(info.row_len) if types is None or t.name in types]
+    ms: list = []
+    for t in ts:                       # one type at a time: the table fills in as kernels load
+        ctx.check()
+        key = PreviewCache.key(src, name, t, imatrix_id)
+        m = cache.get(key) or estimate(src, t, importance, name=name, time_budget=budget, threads=threads)
+        cache.put(key, m)
+        ms.append(m)
+        ctx.post(list(ms))
+    if not exact:
+        return ms
+    for i, m in enumerate(ms):
+        ctx.check()
+        if m.exact:
+            continue
+        key = PreviewCache.key(src, name, m.type, imatrix_id)
+        ms[i] = cache.get(key, exact=True) or exact_metrics(
+            src, m.type, importance, name=name, threads=threads, cancel=ctx.cancel,
+            progress=lambda ev, t=m.type: ctx.progress(Progress(ev.done, ev.total, t, name, elapsed=ev.elapsed)))
+        cache.put(key, ms[i])
+        ctx.post(list(ms))
+    return ms
+
+
+def overlay(ctx, path: str, name: str, qtype: str, importance, rows: int = 256):
+    """Statistics of a sample of ``rows`` rows of ``name`` after a round trip through ``qtype``."""
+    from .kernels import get_kernel
+    from .stats import compute_stats
+    src = source(path)
+    info = src.tensor(name)
+    k = get_kernel(qtype)
+    n = info.n_rows
+    step = max(1, n // rows)
+    x = np.concatenate([src.read_rows(name, a, a + 1) for a in range(0, n, step)][:rows])
+    ctx.check()
+    w = None if importance is None or np.ndim(importance) != 1 else importance
+    y = k.dequantize(k.quantize(x, w), info.row_len)
+    return compute_stats(f"{name}:{qtype}", y.shape, y, bins=128)
+
+
+def frontier_item(ctx, preset: str, path: str, imatrix, sample_rows: int) -> None:
+    """Posts ``(preset, predicted bytes, relative RMSE, bpw)`` of ``preset`` on this model (nothing
+    when the preset does not apply)."""
+    from .plan import make_plan, planned_bytes
+    from .preview import preview_plan
+    src = source(path)
+    try:
+        plan = make_plan(src.tensors, src.metadata, preset, has_imatrix=imatrix is not None)
+    except QuantStudioError:
+        return
+    pp = preview_plan(src, plan, imatrix, cache=preview_cache(), sample_rows=sample_rows, threads=1,
+                      cancel=ctx.cancel)
+    ctx.post((preset, planned_bytes(plan, src), pp.rel_rmse, pp.bpw))
+
+
+def warm(ctx, what: str) -> None:
+    """Load (or compile) the kernels of one type, or the statistics kernels (``"stats"``)."""
+    if what == "stats":
+        from .stats import compute_stats
+        compute_stats("warm-up", (4, 256), np.ones((4, 256), np.float32))
+    else:
+        from .preview import warm_up
+        warm_up([what])
+
+
+def quantize(ctx, path: str, plan, output: str, threads: Optional[int] = None,
+             split_max_size: Optional[int] = None, imatrix: Optional[dict] = None, extra_kv=None):
+    """The quantization job (core.job.run_plan); posts each TensorResult, returns the JobResult."""
+    from .job import run_plan
+    return run_plan(source(path), plan, output, threads=threads, split_max_size=split_max_size, imatrix=imatrix,
+                    extra_kv=extra_kv, progress=ctx.progress, cancel=ctx.cancel, on_tensor=ctx.post)
