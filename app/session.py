@@ -134,13 +134,15 @@ class Session(QObject, PreviewsMixin):
             if h is not None:
                 h.cancel()
 
-    def warm_up(self) -> Optional[TaskHandle]:
-        """Start the worker processes and load (or compile) the Numba kernels in the background,
-        one type per slice, the types of the current preset first, so the first action is not slow."""
+    def warm_up(self, types: Optional[list[str]] = None) -> Optional[TaskHandle]:
+        """Start the worker processes and load (or compile) the Numba kernels of ``types`` (every
+        writable type by default) in the background, one type per slice, the types of the current
+        plan first, so that the first action is not slow."""
         from core.qtypes import writable_types
         self.workers.start_processes()
         first = {e.type for e in self.plan.entries} if self.plan is not None else set()
-        todo = ["stats"] + sorted((t.name for t in writable_types()), key=lambda n: n not in first)
+        names = [t.name for t in writable_types()] if types is None else list(types)
+        todo = ["stats"] + sorted(names, key=lambda n: n not in first)
         return self._loop("warm-up", "core.tasks:warm", todo, priority=-1, budget=0.0, on_done=self._warm_done)
 
     def _warm_done(self) -> None:

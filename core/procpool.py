@@ -128,9 +128,11 @@ def _child_main(conn, slot, nice: int) -> None:
                 conn.send(reply)
         except (EOFError, OSError, BrokenPipeError):
             return
-        except Exception as e:  # noqa: BLE001 - e.g. a result that cannot be pickled
+        except Exception as e:  # noqa: BLE001 - a result (or error) that cannot be pickled
+            err = QuantStudioError(f"{target.split(':')[-1]}: its result cannot be sent back from the "
+                                   f"worker process ({type(e).__name__}: {e})")
             with ctx._lock:
-                conn.send(("error", job, _portable(e)))
+                conn.send(("error", job, _portable(err)))
 
 
 # -- the parent's side ---------------------------------------------------------------------

@@ -175,6 +175,9 @@ def frontier_item(ctx, preset: str, path: str, imatrix, sample_rows: int) -> Non
     ctx.post((preset, planned_bytes(plan, src), pp.rel_rmse, pp.bpw))
 
 
+_WARMED: set = set()
+
+
 def warm(ctx, what: str) -> None:
     """Load (or compile) the kernels of one type, or the statistics kernels (``"stats"``)."""
     if what == "stats":
@@ -183,6 +186,12 @@ def warm(ctx, what: str) -> None:
     else:
         from .preview import warm_up
         warm_up([what])
+    _WARMED.add(what)
+
+
+def warmed(ctx) -> list:
+    """What :func:`warm` has loaded in this process."""
+    return sorted(_WARMED)
 
 
 def quantize(ctx, path: str, plan, output: str, threads: Optional[int] = None,

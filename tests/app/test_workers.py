@@ -1,6 +1,7 @@
 """The worker bridge: results, progress, posts, errors and cancellation reach the GUI thread as signals."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -60,3 +61,28 @@ def test_errors_and_cancellation(qtbot):
         h.cancel()
     assert h.was_cancelled and h.error is None
     assert w.shutdown(5000)
+
+
+def test_warm_up_loads_kernels_in_the_worker_process(qtbot):
+    from app.session import Session
+
+    s = Session()
+    with qtbot.waitSignal(s.warmupDone, timeout=120000):
+        s.warm_up(["Q5_1", "Q4_0"])
+    assert s.warmed
+    pids = s.workers.analysis.pids
+    assert pids and os.getpid() not in pids
+    assert {"stats", "Q5_1", "Q4_0"} <= set().union(*s.workers.analysis.broadcast("core.tasks:warmed"))
+    s.shutdown()
+
+
+def test_a_failing_worker_call_reaches_the_gui_as_a_signal(qtbot, tmp_path):
+    from app.session import Session
+
+    s = Session()
+    missing = str(tmp_path / "missing.gguf")
+    with qtbot.waitSignal(s.backgroundError, timeout=30000) as sig:
+        s._call("probe", "core.tasks:stats", missing, "x")
+    what, err = sig.args
+    assert what == "probe" and isinstance(err, SourceError) and missing in str(err)
+    s.shutdown()
