@@ -9,14 +9,17 @@ they are delivered on the GUI thread, in order, after the function's own posts.
 """
 from __future__ import annotations
 
+import itertools
 import os
+import queue
 import sys
 import threading
 import time
 import traceback
+from collections import deque
 from typing import Any, Callable, Optional
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from core.errors import Cancelled
 from core.progress import CancelToken, Progress
@@ -40,7 +43,12 @@ def soon(timer: QTimer) -> None:
 
 class TaskHandle(QObject):
     """GUI-side view of a running task. Exactly one of ``succeeded``/``failed``/``cancelled``
-    fires, then ``finished``."""
+    fires, then ``finished``.
+
+    Nothing crosses threads inside a Qt signal but a wake-up call: the worker queues
+    ``(signal, value)`` in an inbox and emits the argument-less ``_wake``; the GUI thread drains the
+    inbox in order and emits the public signals itself. (Python objects carried by queued signals
+    rely on PySide's cross-thread reference handling; under load that was seen to corrupt them.)"""
 
     progress = Signal(object)      # core.progress.Progress
     posted = Signal(object)        # whatever the task passed to ctx.post
@@ -48,6 +56,7 @@ class TaskHandle(QObject):
     failed = Signal(object)        # the exception (with .traceback_text)
     cancelled = Signal()
     finished = Signal()
+    _wake = Signal()
 
     def __init__(self, name: str, parent: Optional[QObject] = None):
         super().__init__(parent)
@@ -57,10 +66,22 @@ class TaskHandle(QObject):
         self.result: Any = None
         self.error: Optional[BaseException] = None
         self.was_cancelled = False
+        self._inbox: deque = deque()
+        self._wake.connect(self._drain)
         self.finished.connect(self._mark_done)
 
     def cancel(self) -> None:
         self.token.cancel()
+
+    def deliver(self, signal: str, *value: Any) -> None:
+        """From any thread: emit ``signal`` (with ``value``) on the GUI thread, after those queued before."""
+        self._inbox.append((signal, value))
+        self._wake.emit()
+
+    def _drain(self) -> None:
+        while self._inbox:
+            signal, value = self._inbox.popleft()
+            getattr(self, signal).emit(*value)
 
     def _mark_done(self) -> None:
         self.running = False
@@ -83,10 +104,10 @@ class TaskContext:
             if now - self._last < self._interval and ev.done < ev.total and not ev.message:
                 return
             self._last = now
-        self._handle.progress.emit(ev)
+        self._handle.deliver("progress", ev)
 
     def post(self, obj: Any) -> None:
-        self._handle.posted.emit(obj)
+        self._handle.deliver("posted", obj)
 
     def check(self) -> None:
         self.cancel.check()
@@ -110,10 +131,8 @@ def _lower_priority() -> None:
         pass
 
 
-class _Runnable(QRunnable):
+class _Job:
     def __init__(self, fn: Callable[[TaskContext], Any], handle: TaskHandle, interval: float):
-        super().__init__()
-        self.setAutoDelete(True)
         self._fn = fn
         self._handle = handle
         self._interval = interval
@@ -121,8 +140,8 @@ class _Runnable(QRunnable):
     def run_cancelled(self) -> None:
         """Finish without running (the pool was shut down first)."""
         self._handle.was_cancelled = True
-        self._handle.cancelled.emit()
-        self._handle.finished.emit()
+        self._handle.deliver("cancelled")
+        self._handle.deliver("finished")
 
     def run(self) -> None:  # worker thread
         _lower_priority()
@@ -134,16 +153,82 @@ class _Runnable(QRunnable):
             result = self._fn(ctx)
         except Cancelled:
             h.was_cancelled = True
-            h.cancelled.emit()
+            h.deliver("cancelled")
         except BaseException as e:  # noqa: BLE001 - every failure reaches the GUI as a signal
-            e.traceback_text = traceback.format_exc()  # type: ignore[attr-defined]
+            if not hasattr(e, "traceback_text"):        # a worker process's error keeps its own
+                e.traceback_text = traceback.format_exc()  # type: ignore[attr-defined]
             h.error = e
-            h.failed.emit(e)
+            h.deliver("failed", e)
         else:
             h.result = result
-            h.succeeded.emit(result)
+            h.deliver("succeeded", result)
         finally:
-            h.finished.emit()
+            h.deliver("finished")
+
+
+class ThreadPool:
+    """Plain Python threads taking jobs by priority (higher first, then in order of submission).
+    No Qt object lives on these threads (a Python-subclassed QRunnable is deleted by Qt on the pool
+    thread, which was seen to crash in Shiboken under load); results reach the GUI through
+    :meth:`TaskHandle.deliver`."""
+
+    def __init__(self, size: int, name: str):
+        self.size, self.name = max(1, size), name
+        self._q: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._cv = threading.Condition()
+
+    def start(self, job: _Job, priority: int = 0) -> None:
+        with self._cv:
+            self._q.put((-priority, next(self._seq), job))
+            self._threads = [t for t in self._threads if t.is_alive()]
+            if len(self._threads) < self.size and self._q.qsize() > len(self._threads) - self._busy:
+                t = threading.Thread(target=self._work, name=f"{self.name}-{len(self._threads) + 1}", daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def _work(self) -> None:
+        while True:
+            _, _, job = self._q.get()
+            if job is None:
+                return
+            with self._cv:
+                self._busy += 1
+            try:
+                job.run()
+            finally:
+                with self._cv:
+                    self._busy -= 1
+                    self._cv.notify_all()
+
+    def clear(self) -> list[_Job]:
+        """Take the jobs that have not started off the queue (returned)."""
+        out = []
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return out
+            if item[2] is not None:
+                out.append(item[2])
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until no job runs or waits (True), at most ``timeout`` seconds."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while self._busy or not self._q.empty():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(min(left, 0.05))
+        return True
+
+    def stop(self) -> None:
+        """End the threads once they are idle."""
+        for _ in self._threads:
+            self._q.put((float("inf"), next(self._seq), None))
 
 
 def analysis_processes() -> int:
@@ -164,10 +249,8 @@ class Workers(QObject):
         from core.procpool import shared_pool
         self.analysis = shared_pool("analysis", analysis_processes())
         self.jobs = shared_pool("jobs", 1, nice=5)
-        self.pool = QThreadPool(self)                # background analysis
-        self.pool.setMaxThreadCount(max_threads or self.analysis.size)
-        self.user_pool = QThreadPool(self)           # user actions
-        self.user_pool.setMaxThreadCount(2)
+        self.pool = ThreadPool(max_threads or self.analysis.size, "analysis")     # background analysis
+        self.user_pool = ThreadPool(2, "user")                                    # user actions
         self._active: set[TaskHandle] = set()
         self._closed = False
 
@@ -181,12 +264,12 @@ class Workers(QObject):
         handle = TaskHandle(name, self)
         self._active.add(handle)
         handle.finished.connect(lambda h=handle: self._active.discard(h))
-        pool, job = (self.user_pool if user else self.pool), _Runnable(fn, handle, interval)
+        pool, job = (self.user_pool if user else self.pool), _Job(fn, handle, interval)
         # started from the event loop, so the caller connects its slots before anything can be emitted
         QTimer.singleShot(0, self, lambda: self._start(pool, job, priority))
         return handle
 
-    def _start(self, pool: QThreadPool, job: _Runnable, priority: int) -> None:
+    def _start(self, pool: ThreadPool, job: _Job, priority: int) -> None:
         if self._closed:
             job.run_cancelled()
         else:
@@ -204,7 +287,10 @@ class Workers(QObject):
         """Cancel every task and wait for the threads (True when all stopped in time)."""
         self._closed = True
         self.cancel_all()
-        self.pool.clear()
-        self.user_pool.clear()
-        ok = self.user_pool.waitForDone(timeout_ms)
-        return self.pool.waitForDone(timeout_ms) and ok
+        for pool in (self.pool, self.user_pool):
+            for job in pool.clear():
+                job.run_cancelled()
+        ok = self.user_pool.wait(timeout_ms / 1000) and self.pool.wait(timeout_ms / 1000)
+        self.pool.stop()
+        self.user_pool.stop()
+        return ok
