@@ -40,10 +40,16 @@ class _PlotPanel(QWidget):
         super().__init__(parent)
         self.pw = pg.PlotWidget()
         self.pw.setTitle(title)
-        self.pw.showGrid(x=True, y=True, alpha=0.15)
+        # two tick levels, labels on the first: the axes are redrawn on every new tensor, and
+        # their drawing (with grid lines across the plot) is most of a plot's repaint
+        for ax in ("left", "bottom"):
+            self.pw.getPlotItem().getAxis(ax).setStyle(maxTickLevel=1, maxTextLevel=1)
         self.controls = QHBoxLayout()
         self.caption = QLabel()
         self.caption.setWordWrap(True)
+        # a fixed height: a new caption never re-lays out (and so re-draws) the plot
+        self.caption.setFixedHeight(2 * self.caption.fontMetrics().lineSpacing() + 6)
+        self.caption.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addLayout(self.controls)
