@@ -9,8 +9,10 @@ A 5 ms QTimer stamps every tick; a gap is the time between two ticks. Three phas
 3. the same again while the user also clicks through tensors (each selection starts the
    candidate preview and the histogram overlay).
 
-Prints the longest gap, the 99th and 50th percentiles and the ratio to the idle reference.
-Run: ``python bench/bench_gui.py`` (offscreen; about half a minute).
+Prints the longest gap, the 99th and 50th percentiles and the ratio to the idle reference. The
+worker processes are started and the kernels used here loaded in them before measuring, so the
+figures are the GUI's and not process start-up or first-time compilation.
+Run: ``python bench/bench_gui.py`` (offscreen; about 15 seconds).
 """
 from __future__ import annotations
 
