@@ -311,10 +311,12 @@ class Session(QObject, PreviewsMixin):
             self._imatrix_changed()
             return None
 
+        src = self.source                  # worker threads never hold a Qt object (app.workers)
+
         def work(ctx: TaskContext):
             from core.imatrix import load_imatrix
             data = load_imatrix(path)
-            return data, data.match(self.source)
+            return data, data.match(src)
 
         h = self._run("imatrix", work, user=True)
         h.succeeded.connect(lambda r, p=path: self._imatrix_loaded(p, *r))

@@ -43,12 +43,7 @@ def soon(timer: QTimer) -> None:
 
 class TaskHandle(QObject):
     """GUI-side view of a running task. Exactly one of ``succeeded``/``failed``/``cancelled``
-    fires, then ``finished``.
-
-    Nothing crosses threads inside a Qt signal but a wake-up call: the worker queues
-    ``(signal, value)`` in an inbox and emits the argument-less ``_wake``; the GUI thread drains the
-    inbox in order and emits the public signals itself. (Python objects carried by queued signals
-    rely on PySide's cross-thread reference handling; under load that was seen to corrupt them.)"""
+    fires, then ``finished``. Only the GUI thread ever holds a handle (see :class:`_Mailbox`)."""
 
     progress = Signal(object)      # core.progress.Progress
     posted = Signal(object)        # whatever the task passed to ctx.post
@@ -56,7 +51,6 @@ class TaskHandle(QObject):
     failed = Signal(object)        # the exception (with .traceback_text)
     cancelled = Signal()
     finished = Signal()
-    _wake = Signal()
 
     def __init__(self, name: str, parent: Optional[QObject] = None):
         super().__init__(parent)
@@ -66,33 +60,69 @@ class TaskHandle(QObject):
         self.result: Any = None
         self.error: Optional[BaseException] = None
         self.was_cancelled = False
-        self._inbox: deque = deque()
-        self._wake.connect(self._drain)
-        self.finished.connect(self._mark_done)
 
     def cancel(self) -> None:
         self.token.cancel()
 
-    def deliver(self, signal: str, *value: Any) -> None:
-        """From any thread: emit ``signal`` (with ``value``) on the GUI thread, after those queued before."""
-        self._inbox.append((signal, value))
-        self._wake.emit()
+    def _deliver(self, signal: str, value: tuple) -> None:
+        if signal == "succeeded":
+            self.result = value[0]
+        elif signal == "failed":
+            self.error = value[0]
+        elif signal == "cancelled":
+            self.was_cancelled = True
+        elif signal == "finished":
+            self.running = False
+        getattr(self, signal).emit(*value)
 
-    def _drain(self) -> None:
-        while self._inbox:
-            signal, value = self._inbox.popleft()
-            getattr(self, signal).emit(*value)
 
-    def _mark_done(self) -> None:
-        self.running = False
+class _Mailbox(QObject):
+    """The one way from worker threads to the GUI thread. A worker appends ``(task, signal, value)``
+    to a queue and emits the argument-less ``wake``; the GUI thread drains the queue in order and
+    emits the task handle's signals itself. Worker threads hold no Qt object but this one, which
+    lives as long as the program: a Python wrapper of a Qt object released on a worker thread (a
+    QRunnable, a handle) and Python objects carried inside queued signals were both seen to
+    corrupt memory under load."""
+
+    wake = Signal()
+
+    def __init__(self):
+        super().__init__()
+        self.items: deque = deque()
+        self.handles: dict[int, TaskHandle] = {}        # GUI thread only
+        self.wake.connect(self.drain)
+
+    def put(self, key: int, signal: str, *value: Any) -> None:      # any thread
+        self.items.append((key, signal, value))
+        self.wake.emit()
+
+    def drain(self) -> None:
+        while self.items:
+            key, signal, value = self.items.popleft()
+            h = self.handles.get(key)
+            if signal == "finished":
+                self.handles.pop(key, None)
+            if h is not None:
+                h._deliver(signal, value)
+
+
+_MAILBOX: Optional[_Mailbox] = None
+_KEYS = itertools.count(1)
+
+
+def _mailbox() -> _Mailbox:
+    global _MAILBOX
+    if _MAILBOX is None:
+        _MAILBOX = _Mailbox()
+    return _MAILBOX
 
 
 class TaskContext:
     """What a task function gets: progress callback, cancel token, a way to post results."""
 
-    def __init__(self, handle: TaskHandle, interval: float):
-        self._handle = handle
-        self.cancel: CancelToken = handle.token
+    def __init__(self, key: int, token: CancelToken, interval: float):
+        self._key = key
+        self.cancel: CancelToken = token
         self._interval = interval
         self._last = 0.0
         self._lock = threading.Lock()
@@ -104,10 +134,10 @@ class TaskContext:
             if now - self._last < self._interval and ev.done < ev.total and not ev.message:
                 return
             self._last = now
-        self._handle.deliver("progress", ev)
+        _MAILBOX.put(self._key, "progress", ev)
 
     def post(self, obj: Any) -> None:
-        self._handle.deliver("posted", obj)
+        _MAILBOX.put(self._key, "posted", obj)
 
     def check(self) -> None:
         self.cancel.check()
@@ -132,38 +162,33 @@ def _lower_priority() -> None:
 
 
 class _Job:
-    def __init__(self, fn: Callable[[TaskContext], Any], handle: TaskHandle, interval: float):
-        self._fn = fn
-        self._handle = handle
-        self._interval = interval
+    """A task as worker threads see it: the function, a key into the mailbox, the cancel token."""
+
+    def __init__(self, fn: Callable[[TaskContext], Any], key: int, token: CancelToken, interval: float):
+        self._fn, self._key, self._token, self._interval = fn, key, token, interval
 
     def run_cancelled(self) -> None:
         """Finish without running (the pool was shut down first)."""
-        self._handle.was_cancelled = True
-        self._handle.deliver("cancelled")
-        self._handle.deliver("finished")
+        _MAILBOX.put(self._key, "cancelled")
+        _MAILBOX.put(self._key, "finished")
 
     def run(self) -> None:  # worker thread
         _lower_priority()
-        h = self._handle
-        ctx = TaskContext(h, self._interval)
+        key = self._key
+        ctx = TaskContext(key, self._token, self._interval)
         try:
-            if h.token.cancelled:
+            if self._token.cancelled:
                 raise Cancelled()
-            result = self._fn(ctx)
+            out = ("succeeded", self._fn(ctx))
         except Cancelled:
-            h.was_cancelled = True
-            h.deliver("cancelled")
+            out = ("cancelled",)
         except BaseException as e:  # noqa: BLE001 - every failure reaches the GUI as a signal
             if not hasattr(e, "traceback_text"):        # a worker process's error keeps its own
                 e.traceback_text = traceback.format_exc()  # type: ignore[attr-defined]
-            h.error = e
-            h.deliver("failed", e)
-        else:
-            h.result = result
-            h.deliver("succeeded", result)
-        finally:
-            h.deliver("finished")
+            out = ("failed", e)
+        self._fn = None                 # the closure goes with the job, not with this thread
+        _MAILBOX.put(key, *out)
+        _MAILBOX.put(key, "finished")
 
 
 class ThreadPool:
@@ -264,7 +289,9 @@ class Workers(QObject):
         handle = TaskHandle(name, self)
         self._active.add(handle)
         handle.finished.connect(lambda h=handle: self._active.discard(h))
-        pool, job = (self.user_pool if user else self.pool), _Job(fn, handle, interval)
+        key = next(_KEYS)
+        _mailbox().handles[key] = handle
+        pool, job = (self.user_pool if user else self.pool), _Job(fn, key, handle.token, interval)
         # started from the event loop, so the caller connects its slots before anything can be emitted
         QTimer.singleShot(0, self, lambda: self._start(pool, job, priority))
         return handle
