@@ -136,14 +136,17 @@ class PreviewPanel(QWidget):
             cells = [m.type, f"{m.bpw:.3g}", fmt.human_bytes(m.nbytes), fmt.pct(m.rel_rmse), ci, fmt.db(m.snr_db),
                      fmt.num(m.max_abs_err, 3), f"{m.cosine:.6f}", wtd, meas]
             for c, text in enumerate(cells):
-                it = QTableWidgetItem(text)
-                if c:
-                    it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                if m.type == planned:
-                    it.setFont(bold)
+                # items are updated in place (results arrive in bursts): no churn of wrapped items
+                it = self.table.item(r, c)
+                if it is None:
+                    it = QTableWidgetItem()
+                    if c:
+                        it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                    self.table.setItem(r, c, it)
+                it.setText(text)
+                it.setFont(bold if m.type == planned else QFont())
                 if c == 0:
                     it.setToolTip(planning.type_description(m.type))
-                self.table.setItem(r, c, it)
         self.table.setUpdatesEnabled(True)
         n_exact = sum(m.exact for m in ms)
         info = self.s.source.tensor(name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from PySide6.QtCore import QModelIndex, QRegularExpression, QSortFilterProxyModel, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QPalette, QStandardItem, QStandardItemModel
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QRegularExpression, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QPalette
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QHBoxLayout, QHeaderView, QLabel,
                                QLineEdit, QMenu, QSpinBox, QStyledItemDelegate, QTableView, QVBoxLayout,
                                QWidget)
@@ -19,6 +19,7 @@ COLUMNS = ["Tensor", "Layer", "Shape", "Type", "Size", "Planned", "bpw", "Pred. 
            "Kurtosis", ">6σ", "NaN/Inf", "Col spread", "Absmax", ">3σ", "Reason"]
 (C_NAME, C_LAYER, C_SHAPE, C_TYPE, C_SIZE, C_PLANNED, C_BPW, C_ERR, C_PSIZE, C_STD, C_KURT, C_O6, C_NONFINITE,
  C_SPREAD, C_ABSMAX, C_O3, C_REASON) = range(len(COLUMNS))
+_NCOLS = len(COLUMNS)
 STATS_COLS = (C_STD, C_KURT, C_O6, C_NONFINITE, C_SPREAD, C_ABSMAX, C_O3)      # contiguous
 PLAN_COLS = (C_PLANNED, C_BPW, C_ERR, C_PSIZE, C_REASON)
 SORT_ROLE = Qt.ItemDataRole.UserRole
@@ -29,8 +30,8 @@ GROUP_ROLE = Qt.ItemDataRole.UserRole + 3       # layer, with unlayered tensors 
 _LEFT = (C_NAME, C_SHAPE, C_TYPE, C_PLANNED, C_REASON)
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 _RED, _GREY = QColor("#e5484d"), QColor("#8b8d98")
-EDIT_ROLE = Qt.ItemDataRole.UserRole + 4        # the planned type (the combo's current text)
-_ROLES = {"tip": Qt.ItemDataRole.ToolTipRole, "fg": Qt.ItemDataRole.ForegroundRole}
+_PLAIN = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+_EDITABLE = _PLAIN | Qt.ItemFlag.ItemIsEditable
 
 TIPS = {
     C_STD: "standard deviation of the weights", C_KURT: "excess kurtosis (normal = 0): heavy tails are hard to quantize",
@@ -42,198 +43,226 @@ TIPS = {
 }
 
 
-class TensorTableModel(QStandardItemModel):
-    """One row per tensor. Every cell's text, sort key, colours and tooltip are stored in Qt's own
-    item model, so painting and scrolling never call into Python (a Python model's data() runs for
-    every role of every visible cell on each repaint, and needs the GIL that workers share)."""
-
+class TensorTableModel(QAbstractTableModel):
     def __init__(self, session: Session, parent=None):
-        super().__init__(0, len(COLUMNS), parent)
+        super().__init__(parent)
         self.s = session
         self.tensors: list = []
         self._row: dict[str, int] = {}
         self._entries: dict[str, object] = {}
+        self._editable: list[bool] = []
         self._group: list[int] = []
         self._layers: list[int] = []
         self._shade = QBrush()
-        self._plan_for = None
-        self.setHorizontalHeaderLabels(COLUMNS)
-        for c, tip in TIPS.items():
-            self.horizontalHeaderItem(c).setToolTip(tip)
+        R = Qt.ItemDataRole
+        self._roles = {R.DisplayRole: self._role_display, SORT_ROLE: self._role_sort,
+                       NAME_ROLE: lambda r, c: self.tensors[r].name, LAYER_ROLE: lambda r, c: self._layers[r],
+                       GROUP_ROLE: lambda r, c: self._group[r], R.EditRole: self._role_edit,
+                       R.TextAlignmentRole: self._role_align, R.BackgroundRole: self._role_background,
+                       R.ForegroundRole: self._role_foreground, R.ToolTipRole: self._role_tooltip}
         self.refresh_palette()
         session.modelOpened.connect(self.reset)
         session.statsReady.connect(self._stats)
         session.planChanged.connect(self._plan)
         session.planErrorReady.connect(self._err)
 
-    # -- filling the cells -----------------------------------------------------------------
+    # -- updates -----------------------------------------------------------------------
     def reset(self) -> None:
         self.beginResetModel()
-        self.blockSignals(True)             # the reset above and below stands for every change here
-        try:
-            self.setRowCount(0)
-            self.tensors = list(self.s.source.tensors) if self.s.source is not None else []
-            self._row = {t.name: i for i, t in enumerate(self.tensors)}
-            first = next((i for i, t in enumerate(self.tensors) if t.layer is not None), len(self.tensors))
-            self._layers = [-1 if t.layer is None else t.layer for t in self.tensors]
-            self._group = [la if la >= 0 else (-1 if i < first else 1 << 30) for i, la in enumerate(self._layers)]
-            self._entries = {e.name: e for e in self.s.plan.entries} if self.s.plan is not None else {}
-            self._plan_for = self.s.plan
-            self.setRowCount(len(self.tensors))
-            protos = [self._prototypes(False), self._prototypes(True)]
-            for r, t in enumerate(self.tensors):
-                for c, proto in enumerate(protos[self._layers[r] % 2]):
-                    self.setItem(r, c, proto.clone())          # alignment, shade, tooltip in one call
-                self._fill_static(r, t)
-                if t.ggml_type is None or t.name in self.s.stats or t.name in self.s.stats_errors:
-                    self._fill_stats(r, t)
-                self._fill_plan(r, t)
-        finally:
-            self.blockSignals(False)
-            self.endResetModel()
+        self.tensors = list(self.s.source.tensors) if self.s.source is not None else []
+        self._row = {t.name: i for i, t in enumerate(self.tensors)}
+        first = next((i for i, t in enumerate(self.tensors) if t.layer is not None), len(self.tensors))
+        self._layers = [-1 if t.layer is None else t.layer for t in self.tensors]
+        self._group = [la if la >= 0 else (-1 if i < first else 1 << 30) for i, la in enumerate(self._layers)]
+        self._entries = {e.name: e for e in self.s.plan.entries} if self.s.plan is not None else {}
+        self._editable = self._editable_rows()
+        self.endResetModel()
 
-    def _prototypes(self, shaded: bool) -> list:
-        out = []
-        for c in range(len(COLUMNS)):
-            it = QStandardItem()
-            it.setEditable(False)
-            if c not in _LEFT:
-                it.setData(_RIGHT, Qt.ItemDataRole.TextAlignmentRole)
-            if shaded:
-                it.setData(self._shade, Qt.ItemDataRole.BackgroundRole)
-            if TIPS.get(c):
-                it.setData(TIPS[c], Qt.ItemDataRole.ToolTipRole)
-            if c in STATS_COLS:                            # statistics still to come
-                it.setData("…", Qt.ItemDataRole.DisplayRole)
-                it.setData(-math.inf, SORT_ROLE)
-            out.append(it)
-        return out
-
-    def _set(self, r: int, c: int, text, sort=None, **roles) -> None:
-        it = self.item(r, c)
-        it.setData(text, Qt.ItemDataRole.DisplayRole)
-        it.setData(sort if sort is not None else text, SORT_ROLE)
-        for key, value in roles.items():
-            it.setData(value, _ROLES[key])
-
-    def _fill_static(self, r: int, t) -> None:
-        la = self._layers[r]
-        name = self.item(r, C_NAME)
-        name.setData(t.name, NAME_ROLE)
-        name.setData(la, LAYER_ROLE)
-        name.setData(self._group[r], GROUP_ROLE)
-        self._set(r, C_NAME, t.name, tip=t.name)
-        self._set(r, C_LAYER, "" if la < 0 else str(la), self._group[r])
-        self._set(r, C_SHAPE, fmt.shape(t.shape), t.n_elements)
-        self._set(r, C_TYPE, t.dtype, tip=planning.type_description(t.dtype))
-        self._set(r, C_SIZE, fmt.human_bytes(t.nbytes), t.nbytes)
-
-    def _fill_stats(self, r: int, t) -> None:
-        st = self.s.stats.get(t.name)
-        if st is None:
-            failed = t.name in self.s.stats_errors
-            for c in STATS_COLS:
-                text = ("error" if c == C_STD else "") if failed else ("…" if t.ggml_type is not None else "")
-                self._set(r, c, text, -math.inf)
-            return
-        bad = st.nan_count + st.inf_count
-        vals = {C_STD: (fmt.num(st.std, 3), st.std), C_KURT: (fmt.num(st.kurtosis, 3), st.kurtosis),
-                C_ABSMAX: (fmt.num(st.absmax, 3), st.absmax),
-                C_O3: (f"{st.outliers_k.get(3, 0):,}", st.outliers_k.get(3, 0)),
-                C_O6: (f"{st.outliers_k.get(6, 0):,}", st.outliers_k.get(6, 0)),
-                C_NONFINITE: (f"{bad:,}" if bad else "0", bad),
-                C_SPREAD: (fmt.num(st.col_absmax_ratio, 3), st.col_absmax_ratio)}
-        for c, (text, v) in vals.items():
-            key = -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-            self._set(r, c, text, key)
-        self.item(r, C_NONFINITE).setData(_RED if bad else None, Qt.ItemDataRole.ForegroundRole)
-
-    def _fill_plan(self, r: int, t) -> None:
-        e = self._entries.get(t.name)
-        planned = self.item(r, C_PLANNED)
-        editable = e is not None and self.s.source is not None and planning.quantizable(self.s.source, t.name)
-        if planned.isEditable() != editable:
-            planned.setEditable(editable)
-        if e is None:
-            for c in PLAN_COLS:
-                self._set(r, c, "", "", tip=TIPS.get(c))
-            planned.setData(None, EDIT_ROLE)
-            return
-        tip = planning.type_description(e.type) + (f"\n{e.reason}" if e.reason else "")
-        self._set(r, C_PLANNED, e.type if e.quantize else f"{e.type} (copy)", e.type, tip=tip,
-                  fg=None if e.quantize else _GREY)
-        planned.setData(e.type, EDIT_ROLE)
-        self._set(r, C_BPW, f"{e.bpw:.3g}", e.bpw)
-        self._set(r, C_PSIZE, fmt.human_bytes(e.nbytes), e.nbytes)
-        self._set(r, C_REASON, e.reason, e.reason)
-        self._fill_err(r, t)
-
-    def _fill_err(self, r: int, t) -> None:
-        e = self._entries.get(t.name)
-        pe = self.s.planned_errors.get(t.name)
-        if e is None or not e.quantize:
-            self._set(r, C_ERR, "", -1.0, tip=TIPS[C_ERR])
-        elif pe is None or pe.type != e.type:
-            self._set(r, C_ERR, "…", pe.metrics.rel_rmse if pe is not None else -1.0, tip=TIPS[C_ERR])
-        else:
-            m = pe.metrics
-            how = "exact" if m.exact else f"sample of {m.rows} of {m.total_rows} rows"
-            self._set(r, C_ERR, fmt.pct(m.rel_rmse), m.rel_rmse,
-                      tip=f"{pe.type}: relative RMSE {fmt.pct(m.rel_rmse)}, SNR {fmt.db(m.snr_db)}, "
-                          f"cosine {m.cosine:.6f} ({how})")
-
-    def _update(self, rows, c0: int, c1: int, fill) -> None:
-        """Refill columns c0..c1 of ``rows`` with ``fill(r, tensor)``, announced as one change: the
-        view repaints only what it shows of that range, and the proxy does not re-sort (dynamic
-        sorting is off)."""
-        rows = [r for r in rows if r is not None]
-        if not rows:
-            return
-        self.blockSignals(True)
-        try:
-            for r in rows:
-                fill(r, self.tensors[r])
-        finally:
-            self.blockSignals(False)
-        self.dataChanged.emit(self.index(min(rows), c0), self.index(max(rows), c1))
-
-    # -- session signals ----------------------------------------------------------------------
     def _stats(self, name: str) -> None:
-        self._update([self._row.get(name)], min(STATS_COLS), max(STATS_COLS), self._fill_stats)
+        self._touch(name, min(STATS_COLS), max(STATS_COLS))
+
+    def _touch(self, name: str, c0: int, c1: int) -> None:
+        """One row's cells changed. Emitted per row: the view repaints only the part of the
+        viewport those cells cover (nothing for rows scrolled out of sight), and the proxy does
+        not re-sort (dynamic sorting is off)."""
+        r = self._row.get(name)
+        if r is not None:
+            self.dataChanged.emit(self.index(r, c0), self.index(r, c1))
+
+    def _editable_rows(self) -> list[bool]:
+        src = self.s.source
+        return [src is not None and t.name in self._entries and planning.quantizable(src, t.name)
+                for t in self.tensors]
 
     def _plan(self) -> None:
-        if self.s.plan is self._plan_for:                 # already shown (the reset of a new model)
-            return
-        self._plan_for = self.s.plan
         self._entries = {e.name: e for e in self.s.plan.entries} if self.s.plan is not None else {}
-        self._update(range(len(self.tensors)), min(PLAN_COLS), max(PLAN_COLS), self._fill_plan)
+        self._editable = self._editable_rows()
+        if self.tensors:
+            self.dataChanged.emit(self.index(0, min(PLAN_COLS)), self.index(len(self.tensors) - 1, max(PLAN_COLS)))
 
     def _err(self, name: str) -> None:
-        self._update([self._row.get(name)], C_ERR, C_ERR, self._fill_err)
+        self._touch(name, C_ERR, C_ERR)
 
     def row_of(self, name: str) -> Optional[int]:
         return self._row.get(name)
 
-    def group_of(self, row: int) -> int:
-        return self._group[row]
+    # -- Qt model API ------------------------------------------------------------------
+    def rowCount(self, parent=QModelIndex()) -> int:
+        return len(self.tensors) if not parent.isValid() else 0
+
+    def columnCount(self, parent=QModelIndex()) -> int:
+        return _NCOLS if not parent.isValid() else 0
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
+        if orientation == Qt.Orientation.Horizontal:
+            if role == Qt.ItemDataRole.DisplayRole:
+                return COLUMNS[section]
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return TIPS.get(section)
+        return None
+
+    def flags(self, index):
+        # called for every visible cell on each repaint: precomputed flags, no enum arithmetic
+        if index.column() == C_PLANNED and self._editable[index.row()]:
+            return _EDITABLE
+        return _PLAIN
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        # called for every role of every visible cell on each repaint: unhandled roles leave first
+        h = self._roles.get(role)
+        if h is None or not index.isValid():
+            return None
+        return h(index.row(), index.column())
+
+    def _role_display(self, r: int, c: int):
+        return self._display(self.tensors[r], c)
+
+    def _role_sort(self, r: int, c: int):
+        return self._sort(self.tensors[r], c)
+
+    def _role_edit(self, r: int, c: int):
+        if c != C_PLANNED:
+            return None
+        e = self._entries.get(self.tensors[r].name)
+        return e.type if e is not None else None
+
+    def _role_align(self, r: int, c: int):
+        return None if c in _LEFT else _RIGHT
+
+    def _role_background(self, r: int, c: int):
+        return self._shade if self._layers[r] % 2 == 1 else None
+
+    def _role_foreground(self, r: int, c: int):
+        if c == C_NONFINITE:
+            st = self.s.stats.get(self.tensors[r].name)
+            if st is not None and (st.nan_count or st.inf_count):
+                return _RED
+        elif c == C_PLANNED:
+            e = self._entries.get(self.tensors[r].name)
+            if e is not None and not e.quantize:
+                return _GREY
+        return None
+
+    def _role_tooltip(self, r: int, c: int):
+        t = self.tensors[r]
+        if c in (C_PLANNED, C_TYPE):
+            e = self._entries.get(t.name)
+            tname = t.dtype if c == C_TYPE else (e.type if e else None)
+            tip = planning.type_description(tname) if tname else ""
+            return tip + (f"\n{e.reason}" if c == C_PLANNED and e is not None and e.reason else "")
+        if c == C_ERR:
+            pe = self.s.planned_errors.get(t.name)
+            if pe is not None:
+                m = pe.metrics
+                how = "exact" if m.exact else f"sample of {m.rows} of {m.total_rows} rows"
+                return (f"{pe.type}: relative RMSE {fmt.pct(m.rel_rmse)}, SNR {fmt.db(m.snr_db)}, "
+                        f"cosine {m.cosine:.6f} ({how})")
+        return t.name if c == C_NAME else TIPS.get(c)
 
     def refresh_palette(self) -> None:
         """The shade of odd layers follows the palette (light or dark)."""
         base = QApplication.palette().color(QPalette.ColorRole.Base)
         self._shade = QBrush(base.darker(105) if base.lightness() > 128 else base.lighter(135))
+        if self.tensors:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self.tensors) - 1, len(COLUMNS) - 1))
 
-        def shade(r: int, _t) -> None:
-            for c in range(len(COLUMNS)):
-                self.item(r, c).setData(self._shade, Qt.ItemDataRole.BackgroundRole)
+    def _display(self, t, c):
+        if c == C_NAME:
+            return t.name
+        if c == C_LAYER:
+            la = self._layers[self._row[t.name]]
+            return "" if la < 0 else str(la)
+        if c == C_SHAPE:
+            return fmt.shape(t.shape)
+        if c == C_TYPE:
+            return t.dtype
+        if c == C_SIZE:
+            return fmt.human_bytes(t.nbytes)
+        if c in STATS_COLS:
+            st = self.s.stats.get(t.name)
+            if st is None:
+                if t.name in self.s.stats_errors:
+                    return "error" if c == C_STD else ""
+                return "…" if t.ggml_type is not None else ""
+            return {C_STD: fmt.num(st.std, 3), C_KURT: fmt.num(st.kurtosis, 3), C_ABSMAX: fmt.num(st.absmax, 3),
+                    C_O3: f"{st.outliers_k.get(3, 0):,}", C_O6: f"{st.outliers_k.get(6, 0):,}",
+                    C_NONFINITE: f"{st.nan_count + st.inf_count:,}" if (st.nan_count or st.inf_count) else "0",
+                    C_SPREAD: fmt.num(st.col_absmax_ratio, 3)}[c]
+        e = self._entries.get(t.name)
+        if e is None:
+            return ""
+        if c == C_PLANNED:
+            return e.type if e.quantize else f"{e.type} (copy)"
+        if c == C_BPW:
+            return f"{e.bpw:.3g}"
+        if c == C_PSIZE:
+            return fmt.human_bytes(e.nbytes)
+        if c == C_ERR:
+            if not e.quantize:
+                return ""
+            pe = self.s.planned_errors.get(t.name)
+            return fmt.pct(pe.metrics.rel_rmse) if pe is not None and pe.type == e.type else "…"
+        if c == C_REASON:
+            return e.reason
+        return None
 
-        self._update([r for r, la in enumerate(self._layers) if la % 2 == 1], 0, len(COLUMNS) - 1, shade)
+    def _sort(self, t, c):
+        if c == C_NAME:
+            return t.name
+        if c == C_LAYER:
+            return self._group[self._row[t.name]]
+        if c == C_SHAPE:
+            return t.n_elements
+        if c == C_SIZE:
+            return t.nbytes
+        if c == C_TYPE:
+            return t.dtype
+        if c in STATS_COLS:
+            st = self.s.stats.get(t.name)
+            if st is None:
+                return -math.inf
+            v = {C_STD: st.std, C_KURT: st.kurtosis, C_ABSMAX: st.absmax, C_O3: st.outliers_k.get(3, 0),
+                 C_O6: st.outliers_k.get(6, 0), C_NONFINITE: st.nan_count + st.inf_count,
+                 C_SPREAD: st.col_absmax_ratio}[c]
+            return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+        e = self._entries.get(t.name)
+        if e is None:
+            return ""
+        if c == C_PLANNED or c == C_REASON:
+            return e.type if c == C_PLANNED else e.reason
+        if c == C_BPW:
+            return e.bpw
+        if c == C_PSIZE:
+            return e.nbytes
+        if c == C_ERR:
+            pe = self.s.planned_errors.get(t.name)
+            return pe.metrics.rel_rmse if pe is not None and e.quantize else -1.0
+        return ""
 
     def setData(self, index, value, role=Qt.ItemDataRole.EditRole):
-        """An edit of the Planned cell changes the plan (the cell then follows the plan)."""
-        if role == Qt.ItemDataRole.EditRole and index.column() == C_PLANNED and value \
-                and self.item(index.row(), C_PLANNED).isEditable():
-            return self.s.set_types([self.tensors[index.row()].name], str(value))
-        return False
+        if role != Qt.ItemDataRole.EditRole or index.column() != C_PLANNED or not value:
+            return False
+        return self.s.set_types([self.tensors[index.row()].name], str(value))
 
 
 class TensorFilterProxy(QSortFilterProxyModel):
@@ -290,7 +319,7 @@ class TensorFilterProxy(QSortFilterProxyModel):
     def lessThan(self, left, right) -> bool:
         m = self.sourceModel()
         if self.group_by_layer and left.column() != C_LAYER:
-            la, lb = m.group_of(left.row()), m.group_of(right.row())
+            la, lb = m.data(left, GROUP_ROLE), m.data(right, GROUP_ROLE)
             if la != lb:                       # layers stay ascending whatever the sort order
                 asc = self.sortOrder() == Qt.SortOrder.AscendingOrder
                 return (la < lb) == asc
@@ -312,7 +341,7 @@ class TypeDelegate(QStyledItemDelegate):
         self.view, self.s = view, session
 
     def createEditor(self, parent, option, index):
-        name = index.siblingAtColumn(C_NAME).data(NAME_ROLE)
+        name = index.data(NAME_ROLE)
         combo = QComboBox(parent)
         row_len = self.s.source.tensor(name).row_len
         for i, t in enumerate(planning.type_names(row_len)):
@@ -322,16 +351,16 @@ class TypeDelegate(QStyledItemDelegate):
         return combo
 
     def setEditorData(self, editor, index):
-        i = editor.findText(index.data(EDIT_ROLE) or "")
+        i = editor.findText(index.data(Qt.ItemDataRole.EditRole) or "")
         if i >= 0:
             editor.setCurrentIndex(i)
 
     def setModelData(self, editor, model, index):
         t = editor.currentText()
-        if not t or t == index.data(EDIT_ROLE):
+        if not t or t == index.data(Qt.ItemDataRole.EditRole):
             return
         names = selected_names(self.view)
-        name = index.siblingAtColumn(C_NAME).data(NAME_ROLE)
+        name = index.data(NAME_ROLE)
         if name not in names:
             names = [name]
         self.s.set_types(names, t)
@@ -430,7 +459,7 @@ class TensorTable(QWidget):
 
     def _current(self, cur: QModelIndex, _prev) -> None:
         if cur.isValid():
-            self.tensorSelected.emit(cur.siblingAtColumn(C_NAME).data(NAME_ROLE))
+            self.tensorSelected.emit(cur.data(NAME_ROLE))
 
     def select(self, name: str) -> bool:
         r = self.model.row_of(name)
@@ -449,7 +478,7 @@ class TensorTable(QWidget):
 
     def current_name(self) -> Optional[str]:
         idx = self.view.currentIndex()
-        return idx.siblingAtColumn(C_NAME).data(NAME_ROLE) if idx.isValid() else None
+        return idx.data(NAME_ROLE) if idx.isValid() else None
 
     def selected(self) -> list[str]:
         return selected_names(self.view)

@@ -25,6 +25,7 @@ from core.errors import Cancelled
 from core.progress import CancelToken, Progress
 
 PROGRESS_INTERVAL = 0.05          # seconds between progress signals of one task
+POLL_MS = 15                      # how often the GUI thread collects what worker threads sent
 
 
 def void(fn: Callable, *args: Any) -> None:
@@ -77,24 +78,29 @@ class TaskHandle(QObject):
 
 
 class _Mailbox(QObject):
-    """The one way from worker threads to the GUI thread. A worker appends ``(task, signal, value)``
-    to a queue and emits the argument-less ``wake``; the GUI thread drains the queue in order and
-    emits the task handle's signals itself. Worker threads hold no Qt object but this one, which
-    lives as long as the program: a Python wrapper of a Qt object released on a worker thread (a
-    QRunnable, a handle) and Python objects carried inside queued signals were both seen to
-    corrupt memory under load."""
+    """The one way from worker threads to the GUI thread: a worker appends ``(task, signal, value)``
+    to a queue (plain Python, nothing else); a timer on the GUI thread drains it every
+    ``POLL_MS`` while tasks run and emits the task handles' signals there, in order.
 
-    wake = Signal()
+    No Qt call is made from a worker thread. Emitting a PySide signal from a Python thread while
+    the GUI thread deletes wrapped items (a table refilled) crashes PySide 6.11 (reproduced: a
+    thread emitting in a loop + QTableWidget.setItem in a loop segfaults within seconds), and
+    Python wrappers of Qt objects released on worker threads crashed in Shiboken too."""
 
     def __init__(self):
         super().__init__()
         self.items: deque = deque()
         self.handles: dict[int, TaskHandle] = {}        # GUI thread only
-        self.wake.connect(self.drain)
+        self.timer = QTimer(self, interval=POLL_MS)
+        self.timer.timeout.connect(self.drain)
 
     def put(self, key: int, signal: str, *value: Any) -> None:      # any thread
         self.items.append((key, signal, value))
-        self.wake.emit()
+
+    def register(self, key: int, handle: TaskHandle) -> None:       # GUI thread
+        self.handles[key] = handle
+        if not self.timer.isActive():
+            self.timer.start()
 
     def drain(self) -> None:
         while self.items:
@@ -104,6 +110,8 @@ class _Mailbox(QObject):
                 self.handles.pop(key, None)
             if h is not None:
                 h._deliver(signal, value)
+        if not self.handles:
+            self.timer.stop()
 
 
 _MAILBOX: Optional[_Mailbox] = None
@@ -290,7 +298,7 @@ class Workers(QObject):
         self._active.add(handle)
         handle.finished.connect(lambda h=handle: self._active.discard(h))
         key = next(_KEYS)
-        _mailbox().handles[key] = handle
+        _mailbox().register(key, handle)
         pool, job = (self.user_pool if user else self.pool), _Job(fn, key, handle.token, interval)
         # started from the event loop, so the caller connects its slots before anything can be emitted
         QTimer.singleShot(0, self, lambda: self._start(pool, job, priority))

@@ -96,3 +96,23 @@ def test_hugging_face_folder(qtbot, window, tmp_path):
     with core_open(sig.args[0].paths[0]) as q:
         assert q.architecture == "qwen2" and len(q.tensors) == len(src.tensors)
         assert q.tensor("blk.0.attn_q.weight").dtype == "Q8_0"
+
+
+def test_clicking_through_tensors_while_quantizing(qtbot, window, demo_path, tmp_path):
+    """The bench's scenario as a test: statistics, previews and a quantization run in the worker
+    processes while the user selects one tensor after another; every view follows, the job ends."""
+    win = window
+    open_model(qtbot, win, demo_path)
+    out = str(tmp_path / "demo.Q8_0.gguf")
+    win.quantize.set_output(out)
+    win.run_quantize()
+    names = [f"blk.{i}.{k}.weight" for i in range(0, 30, 5) for k in ("ffn_down", "attn_q")]
+    for name in names:
+        assert win.table.select(name)
+        qtbot.wait(60)
+    last = names[-1]
+    assert win.current == last
+    qtbot.waitUntil(lambda: win.hist.stats is win.s.stats.get(last) is not None, timeout=30000)
+    qtbot.waitUntil(lambda: win.preview.name == last and win.preview.table.rowCount() > 0, timeout=30000)
+    qtbot.waitUntil(lambda: win.quantize.result is not None, timeout=120000)
+    assert os.path.getsize(out) == win.quantize.result.size == win.s.planned_bytes()
