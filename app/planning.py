@@ -92,10 +92,6 @@ def build_plan(source, spec: PlanSpec, has_imatrix: bool = False) -> cplan.Plan:
                            manual=dict(spec.overrides))
 
 
-def plan_bytes(plan: cplan.Plan, source=None) -> int:
-    return cplan.planned_bytes(plan, source)
-
-
 def _cli_flags() -> set[str]:
     """Option strings of ``quant-studio quantize`` as core.cli defines them."""
     from core.cli import build_parser

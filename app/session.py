@@ -6,7 +6,6 @@ signals and are cached here. Views read the caches and listen to the signals.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Optional
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -301,7 +300,7 @@ class Session(QObject, PreviewsMixin):
         if self.plan is None:
             return 0
         if self._size_for is not self.plan:
-            self._size, self._size_for = planning.plan_bytes(self.plan, self.source), self.plan
+            self._size, self._size_for = core.plan.planned_bytes(self.plan, self.source), self.plan
         return self._size
 
     # -- imatrix ----------------------------------------------------------------------------

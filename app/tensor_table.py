@@ -19,7 +19,6 @@ COLUMNS = ["Tensor", "Layer", "Shape", "Type", "Size", "Planned", "bpw", "Pred. 
            "Kurtosis", ">6σ", "NaN/Inf", "Col spread", "Absmax", ">3σ", "Reason"]
 (C_NAME, C_LAYER, C_SHAPE, C_TYPE, C_SIZE, C_PLANNED, C_BPW, C_ERR, C_PSIZE, C_STD, C_KURT, C_O6, C_NONFINITE,
  C_SPREAD, C_ABSMAX, C_O3, C_REASON) = range(len(COLUMNS))
-_NCOLS = len(COLUMNS)
 STATS_COLS = (C_STD, C_KURT, C_O6, C_NONFINITE, C_SPREAD, C_ABSMAX, C_O3)      # contiguous
 PLAN_COLS = (C_PLANNED, C_BPW, C_ERR, C_PSIZE, C_REASON)
 SORT_ROLE = Qt.ItemDataRole.UserRole
@@ -108,10 +107,10 @@ class TensorTableModel(QAbstractTableModel):
 
     # -- Qt model API ------------------------------------------------------------------
     def rowCount(self, parent=QModelIndex()) -> int:
-        return len(self.tensors) if not parent.isValid() else 0
+        return 0 if parent.isValid() else len(self.tensors)
 
     def columnCount(self, parent=QModelIndex()) -> int:
-        return _NCOLS if not parent.isValid() else 0
+        return 0 if parent.isValid() else len(COLUMNS)
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
         if orientation == Qt.Orientation.Horizontal:

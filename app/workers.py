@@ -194,7 +194,6 @@ class _Job:
             if not hasattr(e, "traceback_text"):        # a worker process's error keeps its own
                 e.traceback_text = traceback.format_exc()  # type: ignore[attr-defined]
             out = ("failed", e)
-        self._fn = None                 # the closure goes with the job, not with this thread
         _MAILBOX.put(key, *out)
         _MAILBOX.put(key, "finished")
 
@@ -203,7 +202,7 @@ class ThreadPool:
     """Plain Python threads taking jobs by priority (higher first, then in order of submission).
     No Qt object lives on these threads (a Python-subclassed QRunnable is deleted by Qt on the pool
     thread, which was seen to crash in Shiboken under load); results reach the GUI through
-    :meth:`TaskHandle.deliver`."""
+    :class:`_Mailbox`."""
 
     def __init__(self, size: int, name: str):
         self.size, self.name = max(1, size), name

@@ -588,5 +588,3 @@ def planned_bytes(plan: Plan, source=None) -> int:
         except QuantStudioError:
             pass
     return plan.tensor_bytes
-
-

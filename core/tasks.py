@@ -84,9 +84,8 @@ def run_slice(ctx, target: str, items: Sequence, budget: float, *args: Any) -> i
 
 def stats_item(ctx, name: str, path: str, threads: int = 1) -> None:
     """Posts ``(name, TensorStats)``, or ``(name, error)`` for a tensor that cannot be read."""
-    from .inspect import tensor_stats
     try:
-        ctx.post((name, tensor_stats(source(path), name, threads=threads, cancel=ctx.cancel)))
+        ctx.post((name, stats(ctx, path, name, threads)))
     except QuantStudioError as e:
         if ctx.cancel.cancelled:
             raise
@@ -94,16 +93,18 @@ def stats_item(ctx, name: str, path: str, threads: int = 1) -> None:
 
 
 def stats(ctx, path: str, name: str, threads: int = 1):
+    """TensorStats of ``name``."""
     from .inspect import tensor_stats
     return tensor_stats(source(path), name, threads=threads, cancel=ctx.cancel)
 
 
 def planned_error_item(ctx, item: tuple, path: str, sample_rows: int) -> None:
-    """``item`` = (name, type, importance or None, imatrix id or None); posts (name, type, metrics)."""
+    """``item`` = (name, type, importance or None, imatrix id of that importance or None); posts
+    (name, type, metrics)."""
     from .preview import PreviewCache, estimate
     name, qtype, imp, imid = item
     src, cache = source(path), preview_cache()
-    key = PreviewCache.key(src, name, qtype, imid if imp is not None else None)
+    key = PreviewCache.key(src, name, qtype, imid)
     m = cache.get(key)
     if m is None:
         m = estimate(src, qtype, imp, name=name, sample_rows=sample_rows, threads=1)
