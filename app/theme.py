@@ -46,40 +46,37 @@ def system_is_dark(app: QGuiApplication) -> bool:
     return scheme == Qt.ColorScheme.Dark
 
 
-def dark_palette() -> QPalette:
+def _palette(colours: dict, disabled: str) -> QPalette:
     p = QPalette()
-    c = {QPalette.ColorRole.Window: "#25262b", QPalette.ColorRole.WindowText: "#e4e5e9",
-         QPalette.ColorRole.Base: "#1b1c20", QPalette.ColorRole.AlternateBase: "#2a2b31",
-         QPalette.ColorRole.ToolTipBase: "#2f3037", QPalette.ColorRole.ToolTipText: "#e4e5e9",
-         QPalette.ColorRole.Text: "#e4e5e9", QPalette.ColorRole.Button: "#2d2e34",
-         QPalette.ColorRole.ButtonText: "#e4e5e9", QPalette.ColorRole.BrightText: "#ff6b6b",
-         QPalette.ColorRole.Highlight: "#3e8ef7", QPalette.ColorRole.HighlightedText: "#ffffff",
-         QPalette.ColorRole.Link: "#6aa8ff", QPalette.ColorRole.PlaceholderText: "#8b8d98",
-         QPalette.ColorRole.Mid: "#3a3b42", QPalette.ColorRole.Midlight: "#34353c",
-         QPalette.ColorRole.Dark: "#151619", QPalette.ColorRole.Light: "#3d3e45"}
-    for role, col in c.items():
+    for role, col in colours.items():
         p.setColor(role, QColor(col))
     for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
-        p.setColor(QPalette.ColorGroup.Disabled, role, QColor("#6c6e78"))
+        p.setColor(QPalette.ColorGroup.Disabled, role, QColor(disabled))
     return p
+
+
+def dark_palette() -> QPalette:
+    return _palette({QPalette.ColorRole.Window: "#25262b", QPalette.ColorRole.WindowText: "#e4e5e9",
+                     QPalette.ColorRole.Base: "#1b1c20", QPalette.ColorRole.AlternateBase: "#2a2b31",
+                     QPalette.ColorRole.ToolTipBase: "#2f3037", QPalette.ColorRole.ToolTipText: "#e4e5e9",
+                     QPalette.ColorRole.Text: "#e4e5e9", QPalette.ColorRole.Button: "#2d2e34",
+                     QPalette.ColorRole.ButtonText: "#e4e5e9", QPalette.ColorRole.BrightText: "#ff6b6b",
+                     QPalette.ColorRole.Highlight: "#3e8ef7", QPalette.ColorRole.HighlightedText: "#ffffff",
+                     QPalette.ColorRole.Link: "#6aa8ff", QPalette.ColorRole.PlaceholderText: "#8b8d98",
+                     QPalette.ColorRole.Mid: "#3a3b42", QPalette.ColorRole.Midlight: "#34353c",
+                     QPalette.ColorRole.Dark: "#151619", QPalette.ColorRole.Light: "#3d3e45"}, "#6c6e78")
 
 
 def light_palette() -> QPalette:
-    p = QPalette()
-    c = {QPalette.ColorRole.Window: "#f3f4f6", QPalette.ColorRole.WindowText: "#1d1e22",
-         QPalette.ColorRole.Base: "#ffffff", QPalette.ColorRole.AlternateBase: "#f5f6f8",
-         QPalette.ColorRole.ToolTipBase: "#ffffff", QPalette.ColorRole.ToolTipText: "#1d1e22",
-         QPalette.ColorRole.Text: "#1d1e22", QPalette.ColorRole.Button: "#f8f9fa",
-         QPalette.ColorRole.ButtonText: "#1d1e22", QPalette.ColorRole.BrightText: "#d92d20",
-         QPalette.ColorRole.Highlight: "#3e8ef7", QPalette.ColorRole.HighlightedText: "#ffffff",
-         QPalette.ColorRole.Link: "#1f6fd6", QPalette.ColorRole.PlaceholderText: "#8b8d98",
-         QPalette.ColorRole.Mid: "#c9ccd3", QPalette.ColorRole.Midlight: "#e3e5ea",
-         QPalette.ColorRole.Dark: "#a0a3ab", QPalette.ColorRole.Light: "#ffffff"}
-    for role, col in c.items():
-        p.setColor(role, QColor(col))
-    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
-        p.setColor(QPalette.ColorGroup.Disabled, role, QColor("#a0a3ab"))
-    return p
+    return _palette({QPalette.ColorRole.Window: "#f3f4f6", QPalette.ColorRole.WindowText: "#1d1e22",
+                     QPalette.ColorRole.Base: "#ffffff", QPalette.ColorRole.AlternateBase: "#f5f6f8",
+                     QPalette.ColorRole.ToolTipBase: "#ffffff", QPalette.ColorRole.ToolTipText: "#1d1e22",
+                     QPalette.ColorRole.Text: "#1d1e22", QPalette.ColorRole.Button: "#f8f9fa",
+                     QPalette.ColorRole.ButtonText: "#1d1e22", QPalette.ColorRole.BrightText: "#d92d20",
+                     QPalette.ColorRole.Highlight: "#3e8ef7", QPalette.ColorRole.HighlightedText: "#ffffff",
+                     QPalette.ColorRole.Link: "#1f6fd6", QPalette.ColorRole.PlaceholderText: "#8b8d98",
+                     QPalette.ColorRole.Mid: "#c9ccd3", QPalette.ColorRole.Midlight: "#e3e5ea",
+                     QPalette.ColorRole.Dark: "#a0a3ab", QPalette.ColorRole.Light: "#ffffff"}, "#a0a3ab")
 
 
 def apply(app, dark: bool) -> None:

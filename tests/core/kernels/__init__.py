@@ -34,16 +34,24 @@ def positive_rows(seed: int = 2, rows: int = 32, n: int = N_PER_ROW) -> np.ndarr
     return np.abs(normal_rows(seed, rows, n))
 
 
-def edge_rows(n: int = N_PER_ROW) -> np.ndarray:
-    """Rows of corner cases; each row is a list of 32-wide blocks."""
-    rng = np.random.default_rng(3)
-    rows = []
+def row_builder(n: int):
+    """``(rows, row)``: ``row(fill)`` appends a float32 row of ``n`` values set to ``fill`` (a
+    scalar or an array) to ``rows`` and returns it for further edits."""
+    rows: list = []
 
     def row(fill):
         r = np.zeros(n, dtype=np.float32)
         r[:] = fill
         rows.append(r)
         return r
+
+    return rows, row
+
+
+def edge_rows(n: int = N_PER_ROW) -> np.ndarray:
+    """Rows of corner cases; each row is a list of 32-wide blocks."""
+    rng = np.random.default_rng(3)
+    rows, row = row_builder(n)
 
     row(0.0)                                   # all zero
     row(-0.0)                                  # all negative zero

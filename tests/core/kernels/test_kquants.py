@@ -15,7 +15,7 @@ from tests.refs.ggml import ggml_base
 from tests.refs.ggml import quantize as ggml_quantize
 
 from . import (assert_blocks_equal, assert_floats_identical, heavy_rows, imatrix_for, normal_rows,
-               positive_rows, smollm2_gguf)
+               positive_rows, row_builder, smollm2_gguf)
 
 KQUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 QK_K = 256
@@ -24,13 +24,7 @@ QK_K = 256
 def kquant_edge_rows(n: int = 512) -> np.ndarray:
     """Rows of super-block corner cases (each row is n // 256 super-blocks of 16 / 8 sub-blocks)."""
     rng = np.random.default_rng(11)
-    rows = []
-
-    def row(fill):
-        r = np.zeros(n, dtype=np.float32)
-        r[:] = fill
-        rows.append(r)
-        return r
+    rows, row = row_builder(n)
 
     g = lambda scale=1.0: rng.standard_normal(n) * scale  # noqa: E731
     row(0.0)                                    # all zero: every early-out
