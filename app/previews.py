@@ -27,7 +27,7 @@ class PlannedError:
 
 
 class PreviewsMixin:
-    """Methods of :class:`app.session.Session` (its signals, caches and ``_loop``/``_run``)."""
+    """Methods of :class:`app.session.Session` (its signals, caches and ``_loop``/``_call``)."""
 
     # -- previews ---------------------------------------------------------------------------
     def _start_plan_preview(self) -> None:

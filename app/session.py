@@ -21,12 +21,12 @@ import core.preview  # noqa: E402,F401
 import core.sources  # noqa: E402,F401
 import core.stats  # noqa: E402,F401
 from core.errors import PlanError, QuantStudioError
+from core.procpool import SLICE_SECONDS
 
 from . import planning
 from .previews import BG_THREADS, PlannedError, PreviewsMixin
-from .workers import TaskContext, TaskHandle, Workers, void
+from .workers import TaskHandle, Workers, void
 
-SLICE_SECONDS = 0.3            # length of one slice of a background pass
 
 
 class Session(QObject, PreviewsMixin):
@@ -75,57 +75,40 @@ class Session(QObject, PreviewsMixin):
         self._plan_timer.timeout.connect(self._start_plan_preview)
 
     # -- background helpers --------------------------------------------------------------
-    def _run(self, key: str, fn, *, replace: bool = True, priority: int = 0, user: bool = False,
-             report: bool = True) -> TaskHandle:
-        """Submit ``fn`` under ``key``, cancelling the previous task of that key when ``replace``;
-        ``user``: an action the user is waiting for (its own pool)."""
-        old = self._tasks.get(key)
-        if old is not None and old.running and replace:
-            old.cancel()
-        h = self.workers.submit(fn, key, priority=priority, user=user)
-        if report and not user:                 # user actions report their own failures
+    def _track(self, key: str, h: TaskHandle, report: bool) -> TaskHandle:
+        """Keep ``h`` under ``key``; a failure of background work goes to the status bar."""
+        if report:
             h.failed.connect(lambda e, k=key: void(self.backgroundError.emit, k, e))
         self._tasks[key] = h
         return h
 
+    def _replace(self, key: str) -> None:
+        old = self._tasks.get(key)
+        if old is not None and old.running:
+            old.cancel()
+
     def _loop(self, key: str, target: str, items: list, *args, priority: int = -1, on_post=None, on_done=None,
-              pending=None, budget: float = SLICE_SECONDS) -> Optional[TaskHandle]:
+              pending=None, budget: float = SLICE_SECONDS) -> TaskHandle:
         """``target(ctx, item, *args)`` (a core function, run in a worker process) over ``items``
-        in slices of about ``budget`` seconds: a task the user is waiting for (a selected tensor's
-        preview) starts between two slices instead of after a whole pass. ``pending(item)``
-        drops items done meanwhile. Cancelling the current slice ends the loop."""
-        if pending is not None:
-            items = [it for it in items if pending(it)]
-        if not items:
-            if on_done is not None:
-                on_done()
-            return None
-        h = self._call(key, "core.tasks:run_slice", target, items, budget, *args, priority=priority)
+        in slices of about ``budget`` seconds (core.procpool's submit_each), replacing the previous
+        loop of ``key``. ``pending(item)`` drops items done meanwhile."""
+        self._replace(key)
+        h = self.workers.submit_each(target, items, *args, name=key, priority=priority, budget=budget,
+                                     pending=pending)
         if on_post is not None:
             h.posted.connect(on_post)
-
-        def next_slice(n: int) -> None:
-            if self._tasks.get(key) is not h:      # superseded (a new model, a new plan): stop here
-                return
-            self._loop(key, target, items[n:], *args, priority=priority, on_post=on_post, on_done=on_done,
-                       pending=pending, budget=budget)
-
-        h.succeeded.connect(next_slice)
-        return h
+        if on_done is not None:
+            h.succeeded.connect(lambda _: on_done())
+        return self._track(key, h, True)
 
     def _call(self, key: str, target: str, *args, replace: bool = True, priority: int = 0,
               user: bool = False, report: bool = True, **kwargs) -> TaskHandle:
-        """:meth:`_run` of a core function in a worker process (see core.procpool)."""
-        pool = self.workers.jobs if user else self.workers.analysis
-
-        def work(ctx: TaskContext):
-            return pool.call(target, *args, progress=ctx.progress, post=ctx.post, cancel=ctx.cancel, **kwargs)
-
-        return self._run(key, work, replace=replace, priority=priority, user=user, report=report)
-
-    def task(self, key: str) -> Optional[TaskHandle]:
-        h = self._tasks.get(key)
-        return h if h is not None and h.running else None
+        """A core function in a worker process (``user``: an action the user waits for, its own pool,
+        reporting its own failures), replacing the running task of ``key`` when ``replace``."""
+        if replace:
+            self._replace(key)
+        h = self.workers.submit(target, *args, name=key, priority=priority, user=user, **kwargs)
+        return self._track(key, h, report and not user)
 
     def cancel_model_tasks(self) -> None:
         for key in ("stats", "plan-preview", "candidates", "overlay", "frontier"):
@@ -153,11 +136,14 @@ class Session(QObject, PreviewsMixin):
         path = os.fspath(path)
         self.modelOpening.emit(path)
 
-        def work(ctx: TaskContext):
+        def work():
             from core.tasks import open_for_studio       # a Hugging Face checkpoint is seen as its GGUF
             return open_for_studio(path)
 
-        h = self._run("open", work, user=True)
+        # in this process: the plan and the table need the model's header here (reading it takes
+        # ~0.1 s); its tensors are read by the worker processes
+        self._replace("open")
+        h = self._track("open", self.workers.run_here(work, "open"), False)
         h.succeeded.connect(lambda r, p=path: self._opened(p, *r))
         h.failed.connect(lambda e, p=path: void(self.openFailed.emit, p, e))
         return h
@@ -310,14 +296,15 @@ class Session(QObject, PreviewsMixin):
             self._imatrix_changed()
             return None
 
-        src = self.source                  # worker threads never hold a Qt object (app.workers)
+        src = self.source
 
-        def work(ctx: TaskContext):
+        def work():
             from core.imatrix import load_imatrix
             data = load_imatrix(path)
             return data, data.match(src)
 
-        h = self._run("imatrix", work, user=True)
+        self._replace("imatrix")
+        h = self._track("imatrix", self.workers.run_here(work, "imatrix"), False)
         h.succeeded.connect(lambda r, p=path: self._imatrix_loaded(p, *r))
         return h
 

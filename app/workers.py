@@ -1,37 +1,30 @@
-"""The one bridge between core's long calls and Qt: run a function on a thread pool, turn its
-progress callback and cancel token into signals.
+"""The one bridge between core's long calls and Qt: tasks run in worker processes
+(:mod:`core.procpool`); a timer on the GUI thread polls the pools and turns each task's progress,
+posts and end into a :class:`TaskHandle`'s signals.
 
-A task is a plain function ``fn(ctx) -> result`` given a :class:`TaskContext`: ``ctx.progress``
-is a core progress callback (throttled before it reaches the GUI), ``ctx.cancel`` a core
-:class:`~core.progress.CancelToken`, ``ctx.post(obj)`` sends an intermediate result (a stats
-record, a log line) to the GUI. The GUI holds a :class:`TaskHandle` and watches its signals;
-they are delivered on the GUI thread, in order, after the function's own posts.
+No thread is started in the GUI process and no Python code runs in the background here: the
+GUI thread keeps the GIL to itself, and every Qt call happens on it. A task is a core function
+named ``"module:function"`` taking a context first (see core.procpool and core.tasks).
 """
 from __future__ import annotations
 
-import itertools
 import os
-import queue
-import sys
-import threading
-import time
 import traceback
-from collections import deque
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from core.errors import Cancelled
-from core.progress import CancelToken, Progress
+from core.procpool import ANALYSIS_NICE, JOBS_NICE, SLICE_SECONDS, Task, shared_pool
 
-PROGRESS_INTERVAL = 0.05          # seconds between progress signals of one task
-POLL_MS = 15                      # how often the GUI thread collects what worker threads sent
+POLL_MS = 15                      # how often the GUI thread collects what the workers sent
 
 
 def void(fn: Callable, *args: Any) -> None:
     """Call ``fn`` and drop its result. Slots must return None: PySide6 6.12 releases a reference
     to a bool a Python slot returns (``emit()`` returns True), and Py_True/Py_False then reach a
-    zero count -- a fatal error at exit. Signals carrying Python bools are avoided for the same reason."""
+    zero count -- a fatal error at exit. Signals carrying Python bools are avoided for the same reason.
+    Can go together with the PySide6 < 6.12 pin in pyproject.toml, once a PySide6 release no longer
+    aborts in tests/app on Python 3.11."""
     fn(*args)
 
 
@@ -43,8 +36,8 @@ def soon(timer: QTimer) -> None:
 
 
 class TaskHandle(QObject):
-    """GUI-side view of a running task. Exactly one of ``succeeded``/``failed``/``cancelled``
-    fires, then ``finished``. Only the GUI thread ever holds a handle (see :class:`_Mailbox`)."""
+    """GUI-side view of a task. Exactly one of ``succeeded``/``failed``/``cancelled`` fires, then
+    ``finished``; every signal is emitted on the GUI thread, never before the caller regains control."""
 
     progress = Signal(object)      # core.progress.Progress
     posted = Signal(object)        # whatever the task passed to ctx.post
@@ -56,211 +49,33 @@ class TaskHandle(QObject):
     def __init__(self, name: str, parent: Optional[QObject] = None):
         super().__init__(parent)
         self.name = name
-        self.token = CancelToken()
         self.running = True
         self.result: Any = None
         self.error: Optional[BaseException] = None
         self.was_cancelled = False
+        self._task: Optional[Task] = None
+        self._cancel_asked = False
 
     def cancel(self) -> None:
-        self.token.cancel()
+        self._cancel_asked = True
+        if self._task is not None:
+            self._task.cancel()
 
-    def _deliver(self, signal: str, value: tuple) -> None:
-        if signal == "succeeded":
-            self.result = value[0]
-        elif signal == "failed":
-            self.error = value[0]
-        elif signal == "cancelled":
+    def _end(self, state: str, result: Any = None, error: Optional[BaseException] = None) -> None:
+        self.running = False
+        if state == "ok":
+            self.result = result
+            self.succeeded.emit(result)
+        elif state == "cancelled":
             self.was_cancelled = True
-        elif signal == "finished":
-            self.running = False
-        getattr(self, signal).emit(*value)
+            self.cancelled.emit()
+        else:
+            self.error = error
+            self.failed.emit(error)
+        self.finished.emit()
 
-
-class _Mailbox(QObject):
-    """The one way from worker threads to the GUI thread: a worker appends ``(task, signal, value)``
-    to a queue (plain Python, nothing else); a timer on the GUI thread drains it every
-    ``POLL_MS`` while tasks run and emits the task handles' signals there, in order.
-
-    No Qt call is made from a worker thread. Emitting a PySide signal from a Python thread while
-    the GUI thread deletes wrapped items (a table refilled) crashes PySide 6.11 (reproduced: a
-    thread emitting in a loop + QTableWidget.setItem in a loop segfaults within seconds), and
-    Python wrappers of Qt objects released on worker threads crashed in Shiboken too."""
-
-    def __init__(self):
-        super().__init__()
-        self.items: deque = deque()
-        self.handles: dict[int, TaskHandle] = {}        # GUI thread only
-        self.timer = QTimer(self, interval=POLL_MS)
-        self.timer.timeout.connect(self.drain)
-
-    def put(self, key: int, signal: str, *value: Any) -> None:      # any thread
-        self.items.append((key, signal, value))
-
-    def register(self, key: int, handle: TaskHandle) -> None:       # GUI thread
-        self.handles[key] = handle
-        if not self.timer.isActive():
-            self.timer.start()
-
-    def drain(self) -> None:
-        while self.items:
-            key, signal, value = self.items.popleft()
-            h = self.handles.get(key)
-            if signal == "finished":
-                self.handles.pop(key, None)
-            if h is not None:
-                h._deliver(signal, value)
-        if not self.handles:
-            self.timer.stop()
-
-
-_MAILBOX: Optional[_Mailbox] = None
-_KEYS = itertools.count(1)
-
-
-def _mailbox() -> _Mailbox:
-    global _MAILBOX
-    if _MAILBOX is None:
-        _MAILBOX = _Mailbox()
-    return _MAILBOX
-
-
-class TaskContext:
-    """What a task function gets: progress callback, cancel token, a way to post results."""
-
-    def __init__(self, key: int, token: CancelToken, interval: float):
-        self._key = key
-        self.cancel: CancelToken = token
-        self._interval = interval
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def progress(self, ev: Progress) -> None:
-        """A core progress callback: forwards at most one event per interval (and the last one)."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last < self._interval and ev.done < ev.total and not ev.message:
-                return
-            self._last = now
-        _MAILBOX.put(self._key, "progress", ev)
-
-    def post(self, obj: Any) -> None:
-        _MAILBOX.put(self._key, "posted", obj)
-
-    def check(self) -> None:
-        self.cancel.check()
-
-
-BACKGROUND_NICE = 10
-_niced: set[int] = set()
-
-
-def _lower_priority() -> None:
-    """Run this worker thread (and the threads core starts from it, which inherit it) at a lower
-    OS priority than the GUI thread, so the GUI thread wins CPU time and, with it, the GIL more
-    often (Linux: per-thread nice value; elsewhere nothing)."""
-    tid = threading.get_native_id()
-    if tid in _niced or not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
-        return
-    _niced.add(tid)
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), BACKGROUND_NICE))
-    except OSError:
-        pass
-
-
-class _Job:
-    """A task as worker threads see it: the function, a key into the mailbox, the cancel token."""
-
-    def __init__(self, fn: Callable[[TaskContext], Any], key: int, token: CancelToken, interval: float):
-        self._fn, self._key, self._token, self._interval = fn, key, token, interval
-
-    def run_cancelled(self) -> None:
-        """Finish without running (the pool was shut down first)."""
-        _MAILBOX.put(self._key, "cancelled")
-        _MAILBOX.put(self._key, "finished")
-
-    def run(self) -> None:  # worker thread
-        _lower_priority()
-        key = self._key
-        ctx = TaskContext(key, self._token, self._interval)
-        try:
-            if self._token.cancelled:
-                raise Cancelled()
-            out = ("succeeded", self._fn(ctx))
-        except Cancelled:
-            out = ("cancelled",)
-        except BaseException as e:  # noqa: BLE001 - every failure reaches the GUI as a signal
-            if not hasattr(e, "traceback_text"):        # a worker process's error keeps its own
-                e.traceback_text = traceback.format_exc()  # type: ignore[attr-defined]
-            out = ("failed", e)
-        _MAILBOX.put(key, *out)
-        _MAILBOX.put(key, "finished")
-
-
-class ThreadPool:
-    """Plain Python threads taking jobs by priority (higher first, then in order of submission).
-    No Qt object lives on these threads (a Python-subclassed QRunnable is deleted by Qt on the pool
-    thread, which was seen to crash in Shiboken under load); results reach the GUI through
-    :class:`_Mailbox`."""
-
-    def __init__(self, size: int, name: str):
-        self.size, self.name = max(1, size), name
-        self._q: queue.PriorityQueue = queue.PriorityQueue()
-        self._seq = itertools.count()
-        self._threads: list[threading.Thread] = []
-        self._busy = 0
-        self._cv = threading.Condition()
-
-    def start(self, job: _Job, priority: int = 0) -> None:
-        with self._cv:
-            self._q.put((-priority, next(self._seq), job))
-            self._threads = [t for t in self._threads if t.is_alive()]
-            if len(self._threads) < self.size and self._q.qsize() > len(self._threads) - self._busy:
-                t = threading.Thread(target=self._work, name=f"{self.name}-{len(self._threads) + 1}", daemon=True)
-                self._threads.append(t)
-                t.start()
-
-    def _work(self) -> None:
-        while True:
-            _, _, job = self._q.get()
-            if job is None:
-                return
-            with self._cv:
-                self._busy += 1
-            try:
-                job.run()
-            finally:
-                with self._cv:
-                    self._busy -= 1
-                    self._cv.notify_all()
-
-    def clear(self) -> list[_Job]:
-        """Take the jobs that have not started off the queue (returned)."""
-        out = []
-        while True:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                return out
-            if item[2] is not None:
-                out.append(item[2])
-
-    def wait(self, timeout: float) -> bool:
-        """Wait until no job runs or waits (True), at most ``timeout`` seconds."""
-        end = time.monotonic() + timeout
-        with self._cv:
-            while self._busy or not self._q.empty():
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(min(left, 0.05))
-        return True
-
-    def stop(self) -> None:
-        """End the threads once they are idle."""
-        for _ in self._threads:
-            self._q.put((float("inf"), next(self._seq), None))
+    def _done(self, task: Task) -> None:
+        self._end(task.state, task.result, task.error)
 
 
 def analysis_processes() -> int:
@@ -269,62 +84,96 @@ def analysis_processes() -> int:
 
 
 class Workers(QObject):
-    """Two thread pools: one for what the user asked for (open a file, quantize), one for analysis
-    running behind it (statistics, previews), so the first never queues behind the second. The
-    heavy work runs in worker processes (core.procpool, shared by every window of the program):
-    ``analysis`` for statistics and previews, ``jobs`` for quantizing. A thread of the matching
-    pool waits for each call, so ordering, priorities, progress and cancel work as for threads,
-    while the GUI process keeps its GIL and its CPU time for drawing."""
+    """Two process pools: ``jobs`` for what the user started (quantizing), ``analysis`` for the
+    statistics and previews running behind it, so the first never queues behind the second. The
+    pools are shared by every window of the program; a timer polls them while tasks run."""
 
-    def __init__(self, max_threads: Optional[int] = None, parent: Optional[QObject] = None):
+    def __init__(self, parent: Optional[QObject] = None):
         super().__init__(parent)
-        from core.procpool import shared_pool
-        self.analysis = shared_pool("analysis", analysis_processes())
-        self.jobs = shared_pool("jobs", 1, nice=5)
-        self.pool = ThreadPool(max_threads or self.analysis.size, "analysis")     # background analysis
-        self.user_pool = ThreadPool(2, "user")                                    # user actions
-        self._active: set[TaskHandle] = set()
+        self.analysis = shared_pool("analysis", analysis_processes(), nice=ANALYSIS_NICE)
+        self.jobs = shared_pool("jobs", 1, nice=JOBS_NICE)
+        self._handles: set[TaskHandle] = set()
         self._closed = False
+        self.timer = QTimer(self, interval=POLL_MS)
+        self.timer.timeout.connect(self.poll)
 
     def start_processes(self) -> None:
         """Start the worker processes now (they import core while the window comes up)."""
         self.analysis.start()
         self.jobs.start()
 
-    def submit(self, fn: Callable[[TaskContext], Any], name: str = "task",
-               interval: float = PROGRESS_INTERVAL, priority: int = 0, user: bool = False) -> TaskHandle:
-        handle = TaskHandle(name, self)
-        self._active.add(handle)
-        handle.finished.connect(lambda h=handle: self._active.discard(h))
-        key = next(_KEYS)
-        _mailbox().register(key, handle)
-        pool, job = (self.user_pool if user else self.pool), _Job(fn, key, handle.token, interval)
-        # started from the event loop, so the caller connects its slots before anything can be emitted
-        QTimer.singleShot(0, self, lambda: self._start(pool, job, priority))
-        return handle
+    def poll(self) -> None:
+        busy = False
+        for pool in (self.jobs, self.analysis):
+            busy = pool.poll(0) or busy
+        if not busy:
+            self.timer.stop()
 
-    def _start(self, pool: ThreadPool, job: _Job, priority: int) -> None:
-        if self._closed:
-            job.run_cancelled()
-        else:
-            pool.start(job, priority)
+    def _handle(self, name: str) -> TaskHandle:
+        h = TaskHandle(name, self)
+        self._handles.add(h)
+        h.finished.connect(lambda h=h: self._handles.discard(h))
+        return h
 
-    @property
-    def active(self) -> list[TaskHandle]:
-        return [h for h in self._active if h.running]
+    def _watch(self, h: TaskHandle, task: Task) -> TaskHandle:
+        h._task = task
+        if task.finished:           # ended at submission (a closed pool, nothing to do): tell later
+            QTimer.singleShot(0, self, lambda: h._done(task))
+        elif not self.timer.isActive():
+            self.timer.start()
+        return h
+
+    def _callbacks(self, h: TaskHandle) -> dict:
+        return dict(progress=h.progress.emit, post=h.posted.emit, done=h._done)
+
+    def submit(self, target: str, *args: Any, name: str = "task", priority: int = 0, user: bool = False,
+               **kwargs: Any) -> TaskHandle:
+        """``target(ctx, *args, **kwargs)`` in a worker process (``user``: the jobs pool)."""
+        h = self._handle(name)
+        pool = self.jobs if user else self.analysis
+        return self._watch(h, pool.submit(target, *args, priority=priority, **self._callbacks(h), **kwargs))
+
+    def submit_each(self, target: str, items: Sequence, *args: Any, name: str = "task", priority: int = -1,
+                    budget: float = SLICE_SECONDS, pending: Optional[Callable[[Any], bool]] = None) -> TaskHandle:
+        """``target(ctx, item, *args)`` over ``items`` in slices on the analysis pool (see
+        ProcessPool.submit_each); ``succeeded`` carries the number of items done."""
+        h = self._handle(name)
+        task = self.analysis.submit_each(target, items, *args, priority=priority, budget=budget, pending=pending,
+                                         **self._callbacks(h))
+        return self._watch(h, task)
+
+    def run_here(self, fn: Callable[[], Any], name: str = "task") -> TaskHandle:
+        """``fn()`` on the GUI thread at the next turn of the event loop, reported like a task: for
+        short in-process work whose result must live in this process (an opened model's header)."""
+        h = self._handle(name)
+
+        def run() -> None:
+            if self._closed or h._cancel_asked:
+                h._end("cancelled")
+                return
+            try:
+                h._end("ok", fn())
+            except Exception as e:  # noqa: BLE001 - every failure reaches the GUI as a signal
+                e.traceback_text = traceback.format_exc()  # type: ignore[attr-defined]
+                h._end("error", error=e)
+
+        QTimer.singleShot(0, self, run)
+        return h
 
     def cancel_all(self) -> None:
-        for h in list(self._active):
+        for h in list(self._handles):
             h.cancel()
 
     def shutdown(self, timeout_ms: int = 30000) -> bool:
-        """Cancel every task and wait for the threads (True when all stopped in time)."""
+        """Cancel every task and wait until each has ended (True when all did in time)."""
+        import time
         self._closed = True
         self.cancel_all()
-        for pool in (self.pool, self.user_pool):
-            for job in pool.clear():
-                job.run_cancelled()
-        ok = self.user_pool.wait(timeout_ms / 1000) and self.pool.wait(timeout_ms / 1000)
-        self.pool.stop()
-        self.user_pool.stop()
-        return ok
+        end = time.monotonic() + timeout_ms / 1000
+        while any(h._task is not None and not h._task.finished for h in self._handles):
+            if time.monotonic() > end:
+                return False
+            for pool in (self.jobs, self.analysis):
+                pool.poll(0.02)
+        self.timer.stop()
+        return True

@@ -12,7 +12,8 @@ A 5 ms QTimer stamps every tick; a gap is the time between two ticks. Three phas
 Prints the longest gap, the 99th and 50th percentiles and the ratio to the idle reference. The
 worker processes are started and the kernels used here loaded in them before measuring, so the
 figures are the GUI's and not process start-up or first-time compilation.
-Run: ``python bench/bench_gui.py`` (offscreen; about 15 seconds).
+Run: ``python bench/bench_gui.py [--load N]`` (offscreen; about 15 seconds); ``--load N`` keeps N
+other processes busy meanwhile (bench/loadgen.py), as on a shared machine.
 """
 from __future__ import annotations
 
@@ -158,4 +159,13 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--load", type=int, default=0, help="busy processes competing meanwhile")
+    n = ap.parse_args().load
+    if n:
+        from bench.loadgen import busy
+        with busy(n):
+            print(f"({n} busy processes competing)")
+            sys.exit(main())
     sys.exit(main())

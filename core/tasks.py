@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -67,19 +66,6 @@ def preview_cache():
         from .preview import PreviewCache
         _CACHE = PreviewCache()
     return _CACHE
-
-
-def run_slice(ctx, target: str, items: Sequence, budget: float, *args: Any) -> int:
-    """``target(ctx, item, *args)`` for items in order until ``budget`` seconds have passed (at
-    least one); returns how many were done. Slices let a task someone waits for run in between."""
-    from .procpool import resolve
-    fn = resolve(target)
-    t0, i = time.monotonic(), 0
-    while i < len(items) and (i == 0 or time.monotonic() - t0 < budget):
-        ctx.check()
-        fn(ctx, items[i], *args)
-        i += 1
-    return i
 
 
 def stats_item(ctx, name: str, path: str, threads: int = 1) -> None:

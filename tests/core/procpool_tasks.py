@@ -38,3 +38,10 @@ def wait_for_cancel(ctx, seconds: float):
 
 def die(ctx, code: int):
     os._exit(code)
+
+
+def record(ctx, item, log_path: str):
+    """Appends ``item`` to a log file (the order in which a worker ran things)."""
+    with open(log_path, "a", encoding="utf-8") as f:
+        f.write(f"{item}\n")
+    ctx.post(item)

@@ -77,3 +77,65 @@ def test_broadcast_reaches_every_worker_and_close_stops_them():
     assert not any(pr.is_alive() for pr in procs)
     with pytest.raises(Cancelled):
         p.call(T + "echo", 0)
+
+
+def test_submit_never_blocks_and_poll_delivers_callbacks_on_the_polling_thread():
+    p = ProcessPool(1, "test-poll", nice=0)
+    try:
+        me, seen = threading.get_ident(), []
+        t0 = time.monotonic()
+        task = p.submit(T + "wait_for_cancel", 0.5, post=seen.append,
+                        done=lambda t: seen.append((t.state, threading.get_ident())))
+        assert time.monotonic() - t0 < 0.2 and task.state == "queued"    # nothing started before a poll
+        while p.poll(0.05):
+            pass
+        assert task.state == "ok" and task.result == "not cancelled" and seen == [("ok", me)]
+    finally:
+        p.close()
+
+
+def test_priorities_and_slices_let_urgent_work_in_between(tmp_path):
+    """A long sliced pass (one item per slice) gives the single worker to a task submitted later at a
+    higher priority after the current slice, not after the whole pass."""
+    p = ProcessPool(1, "test-slices", nice=0)
+    log = str(tmp_path / "order.txt")
+    try:
+        posts = []
+        bg = p.submit_each(T + "record", [f"bg{i}" for i in range(6)], log, priority=-1, budget=0.0,
+                           post=posts.append)
+        p.poll(0)                                          # the first slice starts
+        urgent = p.submit(T + "record", "urgent", log, priority=5)
+        low = p.submit(T + "record", "low", log, priority=-5)
+        while p.poll(0.05):
+            pass
+        order = open(log, encoding="utf-8").read().split()
+        assert order[0] == "bg0" and order[1] == "urgent" and order[-1] == "low"
+        assert [x for x in order if x.startswith("bg")] == [f"bg{i}" for i in range(6)]
+        assert bg.state == "ok" and bg.result == 6 and posts == [f"bg{i}" for i in range(6)]
+        assert urgent.state == low.state == "ok"
+    finally:
+        p.close()
+
+
+def test_a_sliced_pass_skips_items_done_meanwhile_and_stops_when_cancelled(tmp_path):
+    p = ProcessPool(1, "test-pending", nice=0)
+    log = str(tmp_path / "order.txt")
+    try:
+        done_elsewhere = {"b", "d"}
+        t = p.submit_each(T + "record", list("abcde"), log, budget=0.0, pending=lambda x: x not in done_elsewhere)
+        while p.poll(0.05):
+            pass
+        assert open(log, encoding="utf-8").read().split() == ["a", "c", "e"] and t.result == 3
+        t2 = p.submit_each(T + "record", list("vwxyz"), log, budget=0.0)
+        p.poll(0)
+        t2.cancel()
+        while p.poll(0.05):
+            pass
+        assert t2.state == "cancelled" and t2.result < 5
+        queued = p.submit(T + "echo", 1)
+        queued.cancel()                                    # cancelled before it starts: it never runs
+        while p.poll(0.05):
+            pass
+        assert queued.state == "cancelled" and queued.result is None
+    finally:
+        p.close()

@@ -47,7 +47,7 @@ def test_stats_overlay_and_candidates_match_in_process_calls(pool, synthetic_pat
     src = open_model(synthetic_path)
     name = "blk.0.ffn_down.weight"
     posts = []
-    assert pool.call("core.tasks:run_slice", "core.tasks:stats_item", [name, "blk.1.attn_q.weight"], 60.0,
+    assert pool.call("core.procpool:run_slice", "core.tasks:stats_item", [name, "blk.1.attn_q.weight"], 60.0,
                      synthetic_path, 1, post=posts.append) == 2
     assert [n for n, _ in posts] == [name, "blk.1.attn_q.weight"]
     _same_stats(posts[0][1], tensor_stats(src, name))
