@@ -4,8 +4,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from core.cli import human_bytes, human_count  # noqa: F401  (one way to print sizes everywhere)
-from core.progress import format_duration  # noqa: F401
+from core.units import format_duration, human_bytes, human_count  # noqa: F401  (one way everywhere)
 
 
 def num(x: Optional[float], digits: int = 4) -> str:

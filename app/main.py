@@ -83,7 +83,7 @@ def self_test(screenshot: Optional[str] = None, timeout: float = SELF_TEST_TIMEO
     from PySide6.QtCore import QEventLoop, QTimer
 
     from core.demo import demo_model_path
-    from core.sources import open_model
+    from core.models import open_model
 
     from . import theme
     from .main_window import MainWindow
@@ -115,7 +115,7 @@ def self_test(screenshot: Optional[str] = None, timeout: float = SELF_TEST_TIMEO
         name = "blk.0.ffn_down.weight" if "blk.0.ffn_down.weight" in s.source else None
         if name:
             win.table.select(name)
-        if s.spec.preset != "Q8_0" and not s.set_preset("Q8_0"):
+        if s.rules.preset != "Q8_0" and not s.set_preset("Q8_0"):
             finish(1, "cannot set the Q8_0 preset")
             return
         win.quantize.set_output(out)

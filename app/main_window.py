@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
 
 from core.errors import QuantStudioError
 
-from . import planning, theme
+from . import plan_choices, theme
 from .plan_panel import PlanPanel
 from .plots import ChannelPlot, HistogramPlot, LayerHeatmap
 from .preview_panel import PreviewPanel
@@ -251,7 +251,7 @@ class MainWindow(QMainWindow):
         sm = src.summary()
         self.status(f"Opened {src.name}: {sm['n_tensors']} tensors, {sm['n_params']:,} parameters"
                     + (f" — {self.s.note}" if self.s.note else ""), 10000)
-        first = next((t.name for t in src.tensors if planning.quantizable(src, t.name)), None)
+        first = next((t.name for t in src.tensors if plan_choices.quantizable(src, t.name)), None)
         if first is None and src.tensors:
             first = src.tensors[0].name
         if first:
@@ -276,7 +276,7 @@ class MainWindow(QMainWindow):
 
     def _request_overlay(self) -> None:
         name = self.current
-        if name is None or self.s.plan is None or not planning.quantizable(self.s.source, name):
+        if name is None or self.s.plan is None or not plan_choices.quantizable(self.s.source, name):
             return
         t = self.preview.selected_type() or self.s.plan.entry(name).type
         self.s.request_overlay(name, t)
@@ -313,7 +313,7 @@ class MainWindow(QMainWindow):
             self.save_plan(path)
 
     def _plan_name(self) -> str:
-        return os.path.join(self._last_dir(), f"{self.s.source.name}.{self.s.spec.preset}.plan.json")
+        return os.path.join(self._last_dir(), f"{self.s.source.name}.{self.s.rules.preset}.plan.json")
 
     def save_plan(self, path: str) -> bool:
         try:
@@ -359,9 +359,8 @@ class MainWindow(QMainWindow):
     def cli_command(self) -> str:
         if self.s.source is None:
             return ""
-        return planning.cli_command(self.s.source.path, self.quantize.output.text(), self.s.spec,
-                                    self.s.imatrix_path, self.quantize.threads.value(), source=self.s.source,
-                                    plan=self.s.plan, imatrix=self.s.imatrix)
+        return plan_choices.cli_command(self.s.source.path, self.quantize.output.text(), self.s.rules,
+                                        self.quantize.threads.value())
 
     def copy_cli(self) -> None:
         cmd = self.cli_command()
@@ -373,8 +372,8 @@ class MainWindow(QMainWindow):
         if self.s.plan is None:
             return
         try:
-            cmd = planning.llama_quantize_command(self.s.plan, self.s.source.path, self.quantize.output.text(),
-                                                  self.s.imatrix_path, self.quantize.threads.value())
+            cmd = plan_choices.llama_quantize_command(self.s.plan, self.s.source.path, self.quantize.output.text(),
+                                                      self.s.imatrix_path, self.quantize.threads.value())
         except QuantStudioError as e:
             self.show_error("No llama-quantize equivalent", e)
             return

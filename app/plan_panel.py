@@ -1,5 +1,5 @@
 """The plan panel: preset, imatrix, token-embedding/output types, rules, type of the selection,
-save/load, copy the CLI command. Every change goes to the session as a new PlanSpec."""
+save/load, copy the CLI command. Every change goes to the session as a new PlanRules."""
 from __future__ import annotations
 
 from typing import Callable
@@ -9,8 +9,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGridL
                                QLabel, QLineEdit, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
                                QVBoxLayout, QWidget)
 
-from . import planning
-from .session import Session, _copy_spec
+from . import plan_choices
+from .session import Session
 
 DEFAULT = "(preset's choice)"
 
@@ -19,9 +19,9 @@ def type_combo(with_default: bool = False, row_len=None) -> QComboBox:
     c = QComboBox()
     if with_default:
         c.addItem(DEFAULT)
-    for t in planning.type_names(row_len):
+    for t in plan_choices.type_names(row_len):
         c.addItem(t)
-        c.setItemData(c.count() - 1, planning.type_description(t), Qt.ItemDataRole.ToolTipRole)
+        c.setItemData(c.count() - 1, plan_choices.type_description(t), Qt.ItemDataRole.ToolTipRole)
     return c
 
 
@@ -42,9 +42,9 @@ class PlanPanel(QWidget):
 
         self.preset = QComboBox()
         self.preset.setToolTip("llama-quantize file type: the type mix the plan starts from")
-        for p in planning.preset_names():
+        for p in plan_choices.preset_names():
             self.preset.addItem(p)
-            self.preset.setItemData(self.preset.count() - 1, planning.preset_description(p),
+            self.preset.setItemData(self.preset.count() - 1, plan_choices.preset_description(p),
                                     Qt.ItemDataRole.ToolTipRole)
         self.tok_type = type_combo(True)
         self.tok_type.setToolTip("Type of token_embd.weight (llama-quantize --token-embedding-type)")
@@ -97,7 +97,7 @@ class PlanPanel(QWidget):
         self.rule_lo = QSpinBox(minimum=-1, maximum=9999, value=-1, specialValueText="all")
         self.rule_hi = QSpinBox(minimum=-1, maximum=9999, value=-1, specialValueText="–")
         self.rule_type = type_combo()
-        self.rule_type.setCurrentText("Q6_K" if "Q6_K" in planning.type_names() else "Q8_0")
+        self.rule_type.setCurrentText("Q6_K" if "Q6_K" in plan_choices.type_names() else "Q8_0")
         self.rule_add = QPushButton("Add")
         self.rule_del = QPushButton("Remove")
         r1 = QHBoxLayout()
@@ -161,15 +161,15 @@ class PlanPanel(QWidget):
     def refresh(self) -> None:
         self._updating = True
         try:
-            spec = self.s.spec
-            i = self.preset.findText(spec.preset)
+            rules = self.s.rules
+            i = self.preset.findText(rules.preset)
             if i >= 0:
                 self.preset.setCurrentIndex(i)
-            self.tok_type.setCurrentText(spec.token_embedding_type or DEFAULT)
-            self.out_type.setCurrentText(spec.output_tensor_type or DEFAULT)
-            self.rules.setRowCount(len(spec.rules))
-            for r, rule in enumerate(spec.rules):
-                layers = "all" if rule.layer_lo is None else f"{rule.layer_lo}–{rule.layer_hi}"
+            self.tok_type.setCurrentText(rules.token_embedding_type or DEFAULT)
+            self.out_type.setCurrentText(rules.output_tensor_type or DEFAULT)
+            self.rules.setRowCount(len(rules.rules))
+            for r, rule in enumerate(rules.rules):
+                layers = "all" if not rule.layered else f"{rule.first}–{rule.last}"
                 for c, text in enumerate((rule.pattern, layers, rule.type)):
                     it = QTableWidgetItem(text)
                     it.setToolTip(rule.regex())
@@ -182,7 +182,7 @@ class PlanPanel(QWidget):
             warn = list(plan.warnings) if plan is not None else []
             self.warnings.setText("\n".join("⚠ " + w for w in warn))
             self.warnings.setVisible(bool(warn))
-            n = len(spec.overrides)
+            n = len(rules.manual)
             self.manual.setText(f"{n} manual type{'s' if n != 1 else ''}")
             self.manual_clear.setEnabled(n > 0)
             enabled = self.s.source is not None
@@ -206,18 +206,17 @@ class PlanPanel(QWidget):
 
     # -- to the session ---------------------------------------------------------------------
     def _preset(self, name: str) -> None:
-        if not self._updating and name and self.s.source is not None and name != self.s.spec.preset:
+        if not self._updating and name and self.s.source is not None and name != self.s.rules.preset:
             if not self.s.set_preset(name):
                 self.refresh()
 
     def _special(self, *_) -> None:
         if self._updating or self.s.source is None:
             return
-        spec = _copy_spec(self.s.spec)
         tok, out = self.tok_type.currentText(), self.out_type.currentText()
-        spec.token_embedding_type = None if tok == DEFAULT else tok
-        spec.output_tensor_type = None if out == DEFAULT else out
-        if not self.s.set_spec(spec):
+        rules = self.s.rules.replace(token_embedding_type=None if tok == DEFAULT else tok,
+                                     output_tensor_type=None if out == DEFAULT else out)
+        if not self.s.set_rules(rules):
             self.refresh()
 
     def _apply_selection(self) -> None:
@@ -226,34 +225,27 @@ class PlanPanel(QWidget):
             self.s.set_types(names, self.sel_type.currentText())
 
     def _clear_manual(self) -> None:
-        spec = _copy_spec(self.s.spec)
-        spec.overrides = {}
-        self.s.set_spec(spec)
+        self.s.set_rules(self.s.rules.replace(manual=()))
 
     def _add_rule(self) -> None:
-        import re
+        from core.errors import PlanError
+        from core.rules import Rule
         pat = self.rule_pat.text().strip()
         if not pat:
             return
-        try:
-            re.compile(pat)
-        except re.error as e:
-            from core.errors import PlanError
-            self.s.planFailed.emit(PlanError(f"invalid regex '{pat}': {e}"))
-            return
         lo, hi = self.rule_lo.value(), self.rule_hi.value()
-        rule = planning.Rule(pat, self.rule_type.currentText(), None if lo < 0 else lo,
+        try:
+            rule = Rule.make(pat, self.rule_type.currentText(), None if lo < 0 else lo,
                              None if lo < 0 else (max(lo, hi) if hi >= 0 else lo))
-        spec = _copy_spec(self.s.spec)
-        spec.rules.append(rule)
-        if self.s.set_spec(spec):
+        except PlanError as e:
+            self.s.planFailed.emit(e)
+            return
+        if self.s.set_rules(self.s.rules.replace(rules=self.s.rules.rules + (rule,))):
             self.rule_pat.clear()
 
     def _del_rule(self) -> None:
         rows = sorted({i.row() for i in self.rules.selectedIndexes()}, reverse=True)
         if not rows:
             return
-        spec = _copy_spec(self.s.spec)
-        for r in rows:
-            del spec.rules[r]
-        self.s.set_spec(spec)
+        keep = tuple(r for i, r in enumerate(self.s.rules.rules) if i not in rows)
+        self.s.set_rules(self.s.rules.replace(rules=keep))

@@ -9,7 +9,7 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (QAbstractItemView, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from . import fmt, planning
+from . import fmt, plan_choices
 from .plots import FrontierPlot
 from .session import Session
 from .widgets import ProgressBar
@@ -108,7 +108,7 @@ class PreviewPanel(QWidget):
         if src is None:
             return
         info = src.tensor(name)
-        if not planning.quantizable(src, name):
+        if not plan_choices.quantizable(src, name):
             self.title.setText(f"<b>{name}</b> — kept in {info.dtype}: llama.cpp does not quantize this tensor")
             self.progress.hide()
             return
@@ -146,7 +146,7 @@ class PreviewPanel(QWidget):
                 it.setText(text)
                 it.setFont(bold if m.type == planned else QFont())
                 if c == 0:
-                    it.setToolTip(planning.type_description(m.type))
+                    it.setToolTip(plan_choices.type_description(m.type))
         self.table.setUpdatesEnabled(True)
         n_exact = sum(m.exact for m in ms)
         info = self.s.source.tensor(name)

@@ -112,7 +112,7 @@ class QuantizePanel(QWidget):
         folder = os.path.dirname(os.path.abspath(s.source.path))
         if not os.access(folder, os.W_OK):
             folder = os.path.expanduser("~")
-        self.output.setText(os.path.join(folder, f"{stem}.{s.spec.preset}.gguf"))
+        self.output.setText(os.path.join(folder, f"{stem}.{s.rules.preset}.gguf"))
         self.output.setProperty("auto", True)
 
     def set_output(self, path: str) -> None:

@@ -1,32 +1,63 @@
 """The studio's document: the open model, its statistics, the plan and the previews.
 
-Every piece of work is a core call run through :mod:`app.workers`; results come back as
-signals and are cached here. Views read the caches and listen to the signals.
+Everything known about one opened model is a :class:`ModelState`, replaced as a whole when another
+model is opened; results of background work are delivered only while the state they were asked
+for is current (:meth:`Session._bind`). Every piece of work is a core call run through
+:mod:`app.workers`; results come back as signals and are cached here. Views read the caches and
+listen to the signals.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
 # core's modules are imported here, at start-up, so that no first import (Numba, gguf) ever
-# happens on the GUI thread in the middle of work, or contends for the import lock with a worker
+# happens on the GUI thread in the middle of work
 import core.imatrix  # noqa: E402,F401
-import core.inspect  # noqa: E402,F401
 import core.job  # noqa: E402,F401
 import core.plan  # noqa: E402,F401
 import core.presets  # noqa: E402,F401
 import core.preview  # noqa: E402,F401
-import core.sources  # noqa: E402,F401
 import core.stats  # noqa: E402,F401
-from core.errors import PlanError, QuantStudioError
+from core.errors import OutputError, PlanError, QuantStudioError
 from core.procpool import SLICE_SECONDS
+from core.rules import PlanRules
 
-from . import planning
-from .previews import BG_THREADS, PlannedError, PreviewsMixin
+from . import plan_choices
+from .session_previews import BG_THREADS, PlannedError, PreviewsMixin
 from .workers import TaskHandle, Workers, void
 
+
+@dataclass(eq=False)
+class ModelState:
+    """Everything known about one opened model (and the user's choices for it)."""
+
+    source: Any = None
+    path: Optional[str] = None
+    note: str = ""                                   # why the model can only be inspected, if it can
+    rules: PlanRules = field(default_factory=PlanRules)
+    plan: Any = None                                 # core.plan.Plan
+    stats: dict[str, Any] = field(default_factory=dict)
+    stats_errors: dict[str, BaseException] = field(default_factory=dict)
+    stats_inflight: set[str] = field(default_factory=set)
+    planned_errors: dict[str, PlannedError] = field(default_factory=dict)
+    candidates: dict[str, list] = field(default_factory=dict)
+    frontier: list = field(default_factory=list)
+    imatrix: Any = None                              # core.imatrix.ImatrixData
+    imatrix_path: Optional[str] = None
+    imatrix_match: Any = None
+    size: Optional[tuple] = None                     # (plan, its predicted output bytes)
+
+    def forget_previews(self) -> None:
+        """Previews depend on the importance matrix: drop them when it changes."""
+        self.planned_errors, self.candidates, self.frontier = {}, {}, []
+
+
+def _state_property(name: str) -> property:
+    return property(lambda self: getattr(self.model, name), doc=f"The current model's ``{name}``.")
 
 
 class Session(QObject, PreviewsMixin):
@@ -49,30 +80,36 @@ class Session(QObject, PreviewsMixin):
     warmupDone = Signal()
     backgroundError = Signal(str, object)      # what was being done, exception (shown in the status bar)
 
+    source = _state_property("source")
+    path = _state_property("path")
+    note = _state_property("note")
+    rules = _state_property("rules")
+    plan = _state_property("plan")
+    stats = _state_property("stats")
+    stats_errors = _state_property("stats_errors")
+    planned_errors = _state_property("planned_errors")
+    candidates = _state_property("candidates")
+    frontier = _state_property("frontier")
+    imatrix = _state_property("imatrix")
+    imatrix_path = _state_property("imatrix_path")
+    imatrix_match = _state_property("imatrix_match")
+
     def __init__(self, workers: Optional[Workers] = None, parent: Optional[QObject] = None):
         super().__init__(parent)
         self.workers = workers or Workers(parent=self)
-        self.source = None
-        self.path: Optional[str] = None
-        self.stats: dict[str, Any] = {}
-        self.stats_errors: dict[str, BaseException] = {}
-        self.planned_errors: dict[str, PlannedError] = {}
-        self.candidates: dict[str, list] = {}
-        self.spec = planning.PlanSpec()
-        self.plan = None
-        self.imatrix = None
-        self.imatrix_path: Optional[str] = None
-        self.imatrix_match = None
-        self.note = ""                      # why a model can only be inspected, if it can
-        self.frontier: list = []
+        self.model = ModelState()
         self.warmed = False
         self.candidate_types: Optional[list[str]] = None     # None: every type core offers for a tensor
         self.frontier_presets: Optional[list[str]] = None    # None: every preset
         self._tasks: dict[str, TaskHandle] = {}
-        self._size, self._size_for = 0, None
-        self._stats_inflight: set[str] = set()
         self._plan_timer = QTimer(self, singleShot=True, interval=150)
         self._plan_timer.timeout.connect(self._start_plan_preview)
+
+    def _bind(self, fn: Callable) -> Callable:
+        """``fn(model_state, *args)`` for a result of background work, called only while the model it
+        was asked for is still the open one (a late result of a closed model is dropped here)."""
+        m = self.model
+        return lambda *args: void(fn, m, *args) if m is self.model else None
 
     # -- background helpers --------------------------------------------------------------
     def _track(self, key: str, h: TaskHandle, report: bool) -> TaskHandle:
@@ -137,144 +174,113 @@ class Session(QObject, PreviewsMixin):
         self.modelOpening.emit(path)
 
         def work():
-            from core.tasks import open_for_studio       # a Hugging Face checkpoint is seen as its GGUF
-            return open_for_studio(path)
+            from core.models import open_model           # a Hugging Face checkpoint is seen as its GGUF
+            return open_model(path)
 
         # in this process: the plan and the table need the model's header here (reading it takes
         # ~0.1 s); its tensors are read by the worker processes
         self._replace("open")
         h = self._track("open", self.workers.run_here(work, "open"), False)
-        h.succeeded.connect(lambda r, p=path: self._opened(p, *r))
+        h.succeeded.connect(lambda src, p=path: self._opened(p, src))
         h.failed.connect(lambda e, p=path: void(self.openFailed.emit, p, e))
         return h
 
-    def _opened(self, path: str, src, note: str = "") -> None:
+    def _opened(self, path: str, src) -> None:
         self.cancel_model_tasks()
-        self.source, self.path, self.note = src, path, note
-        self.stats, self.planned_errors, self.candidates, self.frontier = {}, {}, {}, []
-        self.stats_errors = {}
-        self._stats_inflight.clear()
-        self.imatrix, self.imatrix_path, self.imatrix_match = None, None, None
-        self.spec = planning.PlanSpec(preset=self.spec.preset)
-        self.plan = None
+        self.model = m = ModelState(src, path, getattr(src, "note", ""), PlanRules(preset=self.rules.preset))
         try:
-            self.plan = planning.build_plan(src, self.spec, self.imatrix is not None)
+            m.plan = plan_choices.build_plan(src, m.rules)
         except QuantStudioError:
-            names = planning.preset_names()
-            self.spec.preset = "Q8_0" if "Q8_0" in names else names[0]
+            names = plan_choices.preset_names()
+            m.rules = m.rules.replace(preset="Q8_0" if "Q8_0" in names else names[0])
             try:
-                self.plan = planning.build_plan(src, self.spec, self.imatrix is not None)
+                m.plan = plan_choices.build_plan(src, m.rules)
             except QuantStudioError as e:     # e.g. integer safetensors a GGUF cannot hold
                 self.backgroundError.emit("planning", e)
         self.modelOpened.emit()
         self.start_stats()
-        if self.plan is not None:
+        if m.plan is not None:
             self.planChanged.emit()
             self._plan_timer.start()
 
     # -- statistics -----------------------------------------------------------------------
     def start_stats(self) -> Optional[TaskHandle]:
         """Statistics of every tensor, in file order, in slices (see _loop)."""
-        src, path = self.source, self.path
-        names = [t.name for t in src.tensors if t.ggml_type is not None]
-        return self._loop("stats", "core.tasks:stats_item", names, path, BG_THREADS,
-                          pending=lambda n: n not in self.stats and n not in self._stats_inflight,
-                          on_post=lambda r, s=src: self._stats_arrived(s, *r))
+        m = self.model
+        names = [t.name for t in m.source.tensors if t.ggml_type is not None]
+        return self._loop("stats", "core.tasks:stats_item", names, m.path, BG_THREADS,
+                          pending=lambda n: n not in m.stats and n not in m.stats_inflight,
+                          on_post=self._bind(lambda m, r: self._stats_arrived(m, *r)))
 
     def ensure_stats(self, name: str) -> None:
         """Compute ``name``'s statistics now, ahead of the background pass, if not cached."""
-        src = self.source
-        if src is None or name in self.stats or name in self._stats_inflight:
+        m = self.model
+        if m.source is None or name in m.stats or name in m.stats_inflight:
             return
-        if src.tensor(name).ggml_type is None:
+        if m.source.tensor(name).ggml_type is None:
             return
-        self._stats_inflight.add(name)
-        h = self._call(f"stats:{name}", "core.tasks:stats", self.path, name, BG_THREADS, priority=1,
-                       report=False)
-        h.failed.connect(lambda e, s=src, n=name: self._stats_arrived(s, n, e))
-        h.succeeded.connect(lambda st, s=src, n=name: self._stats_arrived(s, n, st))
-        h.finished.connect(lambda n=name: self._stats_inflight.discard(n))
+        m.stats_inflight.add(name)
+        h = self._call(f"stats:{name}", "core.tasks:stats", m.path, name, BG_THREADS, priority=1, report=False)
+        h.failed.connect(self._bind(lambda m, e, n=name: self._stats_arrived(m, n, e)))
+        h.succeeded.connect(self._bind(lambda m, st, n=name: self._stats_arrived(m, n, st)))
+        h.finished.connect(lambda n=name: m.stats_inflight.discard(n))
 
-    def _stats_arrived(self, src, name: str, st) -> None:
-        if src is not self.source:
-            return
+    def _stats_arrived(self, m: ModelState, name: str, st) -> None:
         if isinstance(st, BaseException):
-            self.stats_errors[name] = st
+            m.stats_errors[name] = st
             self.backgroundError.emit(f"statistics of {name}", st)
             return
-        self.stats[name] = st
+        m.stats[name] = st
         self.statsReady.emit(name)
-        total = sum(1 for t in src.tensors if t.ggml_type is not None)
-        self.statsProgress.emit(len(self.stats), total)
+        total = sum(1 for t in m.source.tensors if t.ggml_type is not None)
+        self.statsProgress.emit(len(m.stats), total)
 
     # -- the plan ---------------------------------------------------------------------------
-    def set_spec(self, spec: planning.PlanSpec) -> bool:
-        """Rebuild the plan from ``spec``; on PlanError keep the old one and emit planFailed."""
-        if self.source is None:
-            self.spec = spec
+    def set_rules(self, rules: PlanRules) -> bool:
+        """Rebuild the plan from ``rules``; on PlanError keep the old one and emit planFailed."""
+        m = self.model
+        if m.source is None:
+            m.rules = rules
             return False
         try:
-            plan = planning.build_plan(self.source, spec, self.imatrix is not None)
+            plan = plan_choices.build_plan(m.source, rules)
         except QuantStudioError as e:
             self.planFailed.emit(e)
             return False
-        self.spec, self.plan = spec, plan
+        m.rules, m.plan = rules, plan
         self.planChanged.emit()
         self._plan_timer.start()
         return True
 
-    def set_types(self, names: list[str], qtype: str) -> bool:
-        """Manual edit: ``names`` to ``qtype`` (only tensors llama.cpp would quantize)."""
-        spec = _copy_spec(self.spec)
-        for n in names:
-            if planning.quantizable(self.source, n):
-                spec.overrides[n] = qtype
-        return self.set_spec(spec)
+    def set_types(self, names: list[str], qtype: Optional[str]) -> bool:
+        """Manual edit: ``names`` to ``qtype`` (only tensors llama.cpp would quantize); None clears
+        the manual types of ``names``."""
+        if qtype is not None:
+            names = [n for n in names if plan_choices.quantizable(self.source, n)]
+        return self.set_rules(self.rules.with_manual(names, qtype))
 
     def set_preset(self, preset: str) -> bool:
-        spec = _copy_spec(self.spec)
-        spec.preset = preset
-        return self.set_spec(spec)
+        return self.set_rules(self.rules.replace(preset=preset))
 
     def load_plan(self, path: str) -> None:
         """Load a plan JSON (the CLI's format); it must list this model's tensors."""
         from core.plan import Plan
         with open(path, encoding="utf-8") as f:
             plan = Plan.from_json(f.read())
-        names = {t.name for t in self.source.tensors}
+        m = self.model
+        names = {t.name for t in m.source.tensors}
         missing = [e.name for e in plan.entries if e.name not in names]
         if missing:
             raise PlanError(f"the plan names {len(missing)} tensors this model does not have "
                             f"(first: {missing[0]})", path)
         for e in plan.entries:
-            if tuple(self.source.tensor(e.name).shape) != tuple(e.shape):
+            if tuple(m.source.tensor(e.name).shape) != tuple(e.shape):
                 raise PlanError(f"the plan's shape of '{e.name}' differs from the model's", path)
-        self.spec, self.plan = self._spec_of(plan), plan
+        m.rules, m.plan = plan.rules, plan
         self.planChanged.emit()
         self._plan_timer.start()
 
-    def _spec_of(self, plan) -> planning.PlanSpec:
-        """The panel's choices that re-derive ``plan`` (from its options; else by difference)."""
-        o = plan.options or {}
-        spec = planning.PlanSpec(preset=plan.preset or self.spec.preset)
-        if "model" in o:
-            spec.rules = [planning.Rule(rx, t) for rx, t in o.get("tensor_types", [])]
-            spec.rules += [planning.Rule(r[3] if len(r) > 3 else "", r[2], int(r[0]), int(r[1]))
-                           for r in o.get("layer_ranges", [])]
-            spec.token_embedding_type = o.get("token_embedding_type")
-            spec.output_tensor_type = o.get("output_tensor_type")
-            spec.overrides = dict(o.get("manual", {}))
-            return spec
-        try:
-            base = {e.name: e.type for e in planning.build_plan(self.source, spec).entries}
-        except QuantStudioError:
-            base = {}
-        spec.overrides = {e.name: e.type for e in plan.entries
-                          if base.get(e.name) != e.type and planning.quantizable(self.source, e.name)}
-        return spec
-
     def save_plan(self, path: str) -> None:
-        from core.errors import OutputError
         try:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(self.plan.to_json())
@@ -283,19 +289,20 @@ class Session(QObject, PreviewsMixin):
 
     def planned_bytes(self) -> int:
         """Predicted output size of the current plan (computed once per plan)."""
-        if self.plan is None:
+        m = self.model
+        if m.plan is None:
             return 0
-        if self._size_for is not self.plan:
-            self._size, self._size_for = core.plan.planned_bytes(self.plan, self.source), self.plan
-        return self._size
+        if m.size is None or m.size[0] is not m.plan:
+            m.size = (m.plan, core.plan.planned_bytes(m.plan, m.source))
+        return m.size[1]
 
     # -- imatrix ----------------------------------------------------------------------------
     def load_imatrix(self, path: Optional[str]) -> TaskHandle | None:
         if not path:
-            self.imatrix, self.imatrix_path = None, None
+            m = self.model
+            m.imatrix, m.imatrix_path, m.imatrix_match = None, None, None
             self._imatrix_changed()
             return None
-
         src = self.source
 
         def work():
@@ -305,21 +312,24 @@ class Session(QObject, PreviewsMixin):
 
         self._replace("imatrix")
         h = self._track("imatrix", self.workers.run_here(work, "imatrix"), False)
-        h.succeeded.connect(lambda r, p=path: self._imatrix_loaded(p, *r))
+        h.succeeded.connect(self._bind(lambda m, r, p=path: self._imatrix_loaded(m, p, *r)))
         return h
 
-    def _imatrix_loaded(self, path: str, data, match) -> None:
-        self.imatrix, self.imatrix_path, self.imatrix_match = data, path, match
+    def _imatrix_loaded(self, m: ModelState, path: str, data, match) -> None:
+        m.imatrix, m.imatrix_path, m.imatrix_match = data, path, match
         self._imatrix_changed()
 
     def _imatrix_changed(self) -> None:
-        self.planned_errors, self.candidates, self.frontier = {}, {}, []
+        m = self.model
+        m.forget_previews()
         self.imatrixChanged.emit()
-        if not self.set_spec(self.spec):        # has_imatrix changes llama.cpp's choices
+        # has_imatrix changes llama.cpp's choices; the path is saved with the plan
+        if not self.set_rules(m.rules.replace(has_imatrix=m.imatrix is not None, imatrix_path=m.imatrix_path)):
             self.planChanged.emit()
             self._plan_timer.start()
 
     def importance(self, name: str):
+        """``name``'s importance weights from the loaded imatrix, or None."""
         if self.imatrix is None:
             return None
         try:
@@ -331,27 +341,19 @@ class Session(QObject, PreviewsMixin):
     def quantize(self, output: str, threads: Optional[int] = None,
                  split_max_size: Optional[int] = None) -> TaskHandle:
         """Run the plan to ``output`` in the background (signals: progress, posted TensorResult)."""
-        from core.errors import OutputError
-        src, plan = self.source, self.plan
-        if src is None or plan is None:
+        m = self.model
+        if m.source is None or m.plan is None:
             raise PlanError("open a model and choose a plan first")
-        if os.path.abspath(output) == os.path.abspath(src.path):
-            raise OutputError("the output would overwrite the input", output)
-        plan.check_imatrix(self.imatrix is not None)
-        imx = self.imatrix
-        imat = None
-        if imx is not None:
-            imat = {e.name: w for e in plan.entries if e.quantize and (w := self.importance(e.name)) is not None}
-
-        extra = imx.metadata(self.imatrix_path) if imx is not None else None
-        return self._call("quantize", "core.tasks:quantize", self.path, plan, output, threads, split_max_size,
-                          imat, extra, replace=False, user=True)
+        if os.path.abspath(output) == os.path.abspath(m.source.path):
+            raise OutputError("the output would overwrite the input", output)   # at once, not from a worker
+        m.plan.check_imatrix(m.imatrix is not None)
+        importances, extra = None, None
+        if m.imatrix is not None:
+            importances = {e.name: w for e in m.plan.entries if e.quantize and (w := self.importance(e.name)) is not None}
+            extra = m.imatrix.metadata(m.imatrix_path)
+        return self._call("quantize", "core.tasks:quantize", m.path, m.plan, output, threads, split_max_size,
+                          importances, extra, replace=False, user=True)
 
     def shutdown(self) -> None:
         self._plan_timer.stop()
         self.workers.shutdown()
-
-
-def _copy_spec(spec: planning.PlanSpec) -> planning.PlanSpec:
-    return planning.PlanSpec(spec.preset, list(spec.rules), spec.token_embedding_type, spec.output_tensor_type,
-                             dict(spec.overrides))

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComb
                                QLineEdit, QMenu, QSpinBox, QStyledItemDelegate, QTableView, QVBoxLayout,
                                QWidget)
 
-from . import fmt, planning
+from . import fmt, plan_choices
 from .session import Session
 from .workers import void
 
@@ -90,7 +90,7 @@ class TensorTableModel(QAbstractTableModel):
 
     def _editable_rows(self) -> list[bool]:
         src = self.s.source
-        return [src is not None and t.name in self._entries and planning.quantizable(src, t.name)
+        return [src is not None and t.name in self._entries and plan_choices.quantizable(src, t.name)
                 for t in self.tensors]
 
     def _plan(self) -> None:
@@ -167,7 +167,7 @@ class TensorTableModel(QAbstractTableModel):
         if c in (C_PLANNED, C_TYPE):
             e = self._entries.get(t.name)
             tname = t.dtype if c == C_TYPE else (e.type if e else None)
-            tip = planning.type_description(tname) if tname else ""
+            tip = plan_choices.type_description(tname) if tname else ""
             return tip + (f"\n{e.reason}" if c == C_PLANNED and e is not None and e.reason else "")
         if c == C_ERR:
             pe = self.s.planned_errors.get(t.name)
@@ -343,9 +343,9 @@ class TypeDelegate(QStyledItemDelegate):
         name = index.data(NAME_ROLE)
         combo = QComboBox(parent)
         row_len = self.s.source.tensor(name).row_len
-        for i, t in enumerate(planning.type_names(row_len)):
+        for i, t in enumerate(plan_choices.type_names(row_len)):
             combo.addItem(t)
-            combo.setItemData(i, planning.type_description(t), Qt.ItemDataRole.ToolTipRole)
+            combo.setItemData(i, plan_choices.type_description(t), Qt.ItemDataRole.ToolTipRole)
         combo.activated.connect(lambda _=0, c=combo: void(self.commitData.emit, c))
         return combo
 
@@ -483,16 +483,16 @@ class TensorTable(QWidget):
         return selected_names(self.view)
 
     def _menu(self, pos) -> None:
-        names = [n for n in self.selected() if planning.quantizable(self.s.source, n)] if self.s.source else []
+        names = [n for n in self.selected() if plan_choices.quantizable(self.s.source, n)] if self.s.source else []
         if not names:
             return
         menu = QMenu(self)
         sub = menu.addMenu(f"Set type of {len(names)} tensor{'s' if len(names) > 1 else ''}")
         row_lens = {self.s.source.tensor(n).row_len for n in names}
-        fits = [t for t in planning.type_names() if all(t in planning.type_names(r) for r in row_lens)]
+        fits = [t for t in plan_choices.type_names() if all(t in plan_choices.type_names(r) for r in row_lens)]
         for t in fits:
             a = sub.addAction(t)
-            a.setToolTip(planning.type_description(t))
+            a.setToolTip(plan_choices.type_description(t))
             a.triggered.connect(lambda _=False, t=t, ns=names: void(self.s.set_types, ns, t))
         sub.setToolTipsVisible(True)
         clear = menu.addAction("Clear manual types")
@@ -500,11 +500,7 @@ class TensorTable(QWidget):
         menu.exec(self.view.viewport().mapToGlobal(pos))
 
     def _clear(self, names) -> None:
-        from .session import _copy_spec
-        spec = _copy_spec(self.s.spec)
-        for n in names:
-            spec.overrides.pop(n, None)
-        self.s.set_spec(spec)
+        self.s.set_types(names, None)
 
 
 __all__ = ["TensorTable", "TensorTableModel", "TensorFilterProxy", "TypeDelegate", "COLUMNS"]

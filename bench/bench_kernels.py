@@ -53,7 +53,7 @@ def main() -> None:
     for name in TYPES:
         k = get_kernel(name)
         qt = T[name]
-        k.quantize(x[:2]), k.quantize(x[:2], imatrix=im)  # warm up (compile or load the cache)
+        k.quantize(x[:2]), k.quantize(x[:2], importance=im)  # warm up (compile or load the cache)
         q = k.quantize(x)
         k.dequantize(q[:2], a.cols)
         t = best_times({
@@ -64,7 +64,7 @@ def main() -> None:
         line = (f"{name:5s} | {mw / t['ours']:7.1f} {mw / t['gguf']:8.1f} {mw / t['c']:8.1f} "
                 f"{t['gguf'] / t['ours']:6.2f} {t['c'] / t['ours']:6.2f} | ")
         if name in IMATRIX_TYPES:
-            ti = best_times({"ours": lambda: k.quantize(xi, imatrix=im),
+            ti = best_times({"ours": lambda: k.quantize(xi, importance=im),
                              "c": lambda: ggml_quantize(qt, xi, im)}, a.repeat)
             line += f"{mwi / ti['ours']:7.1f} {mwi / ti['c']:6.1f} {ti['c'] / ti['ours']:6.2f} | "
         else:

@@ -48,13 +48,13 @@ def main() -> None:
     for name in TYPES:
         k = get_kernel(name)
         qt = T[name]
-        k.quantize(x[:1]), k.quantize(x[:1], imatrix=im)  # warm up (compile or load the cache)
+        k.quantize(x[:1]), k.quantize(x[:1], importance=im)  # warm up (compile or load the cache)
         q = k.quantize(x)
-        qi = k.quantize(x, imatrix=im)
+        qi = k.quantize(x, importance=im)
         same = np.array_equal(q, ggml_quantize(qt, x)) and np.array_equal(qi, ggml_quantize(qt, x, im))
         k.dequantize(q[:1], a.cols)
         t = best_times({"ours": lambda: k.quantize(x), "c": lambda: ggml_quantize(qt, x),
-                        "im_ours": lambda: k.quantize(x, imatrix=im), "im_c": lambda: ggml_quantize(qt, x, im),
+                        "im_ours": lambda: k.quantize(x, importance=im), "im_c": lambda: ggml_quantize(qt, x, im),
                         "deq": lambda: k.dequantize(q, a.cols), "deq_gguf": lambda: gq.dequantize(q, qt)},
                        a.repeat)
         print(f"{name:5s} | {mw / t['ours']:6.1f} {mw / t['c']:7.1f} {t['c'] / t['ours']:6.2f} | "

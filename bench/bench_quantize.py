@@ -26,7 +26,7 @@ def peak_mib():
 engine, src, out, qtype, threads = sys.argv[1:6]
 threads = int(threads)
 if engine == 'ours':
-    from core.sources import open_model
+    from core.models import open_model
     from core.plan import pure_plan
     from core.job import run_plan
     from core.kernels import get_kernel
@@ -38,7 +38,7 @@ if engine == 'ours':
     dt = time.perf_counter() - t
 else:
     from tests.refs.llama import quantize
-    from core.plan import file_type_of
+    from core.presets import file_type_of
     from core.qtypes import parse_type
     import llama_cpp
     base = peak_mib()
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     args = ap.parse_args()
     from core.demo import make_synthetic_llama
-    from core.sources import open_model
+    from core.models import open_model
 
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "bench-f32.gguf")
@@ -100,7 +100,7 @@ def main() -> None:
 
 
 def _same_tensor_data(a: str, b: str) -> bool:
-    from core.sources import open_model
+    from core.models import open_model
 
     ma, mb = open_model(a), open_model(b)
     names = {t.name for t in ma.tensors}

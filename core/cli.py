@@ -6,39 +6,23 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 from typing import Optional, Sequence
 
 from . import __version__
 from .errors import Cancelled, QuantStudioError
+from .units import format_duration, human_bytes, human_count, parse_size
 
 PROG = "quant-studio"
 
 
 # ----------------------------------------------------------------------------- formatting
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
-
-
-def human_count(n: float) -> str:
-    for unit, k in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= k:
-            return f"{n / k:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def parse_size(text: str) -> int:
-    """gguf-split sizes: ``500M`` / ``2G`` (decimal units, as llama.cpp), ``K`` too, or plain bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", text.upper())
-    if not m or int(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"invalid size '{text}': use a positive number with M or G (e.g. 500M)")
-    return int(m.group(1)) * {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}[m.group(2)]
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class ProgressBar:
@@ -51,8 +35,6 @@ class ProgressBar:
         self._last = 0.0
 
     def __call__(self, ev) -> None:
-        from .progress import format_duration
-
         if not self.enabled or (time.monotonic() - self._last < 0.1 and ev.done < ev.total):
             return
         self._last = time.monotonic()
@@ -84,13 +66,13 @@ def _num(x: float, digits: int = 4) -> str:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_inspect(args) -> int:
-    from .sources import open_model
+    from .models import open_model
 
     src = open_model(args.model)
     summary = src.summary()
     stats = {}
     if not args.no_stats:
-        from .inspect import model_stats
+        from .stats import model_stats
 
         bar = ProgressBar(enabled=None if not args.json else False)
         try:
@@ -139,20 +121,6 @@ def _jsonable(v):
     return v
 
 
-def open_for_output(path: str):
-    """Open a model to be written as GGUF: Hugging Face checkpoints are converted on the fly."""
-    from .sources import open_model
-
-    if os.path.isdir(path) or (path.lower().endswith(".safetensors") and os.path.exists(path)):
-        from .convert import open_hf
-
-        src = open_hf(path)
-        for w in src.warnings:
-            print(f"{PROG}: warning: {w}", file=sys.stderr)
-        return src
-    return open_model(path)
-
-
 def _load_imatrix(args, src):
     if not args.imatrix:
         return None
@@ -160,6 +128,54 @@ def _load_imatrix(args, src):
 
     data = load_imatrix(args.imatrix)
     return data
+
+
+def rules_from_args(args, has_imatrix: bool = False):
+    """The :class:`~core.rules.PlanRules` that ``--preset`` / ``--type`` and the rule options say."""
+    from .rules import PlanRules
+
+    preset = args.preset
+    if args.type:
+        from .rules import writable
+        preset = writable(args.type, "--type")
+    manual = {}
+    for item in args.manual or ():
+        name, sep, t = item.rpartition("=")
+        if not sep or not name:
+            raise QuantStudioError(f"malformed --manual '{item}': use TENSOR=TYPE, e.g. blk.0.ffn_down.weight=Q6_K")
+        manual[name] = t
+    return PlanRules.make(preset, pure=bool(args.type) or args.pure, tensor_types=args.tensor_type or (),
+                          layer_ranges=args.layer_type or (), keep=args.keep or (),
+                          token_embedding_type=args.token_embedding_type, output_tensor_type=args.output_tensor_type,
+                          leave_output_tensor=args.leave_output_tensor, manual=manual, has_imatrix=has_imatrix,
+                          imatrix_path=args.imatrix or None)
+
+
+def quantize_argv(input: str, output: str, rules, threads: Optional[int] = None) -> list[str]:
+    """``quant-studio quantize`` arguments (without the program name) that make exactly ``rules``
+    (a :class:`~core.rules.PlanRules`): :func:`rules_from_args` of them gives ``rules`` back."""
+    argv = ["quantize", input, output]
+    argv += ["--preset", rules.preset] + (["--pure"] if rules.pure else [])
+    if rules.imatrix_path:
+        argv += ["--imatrix", rules.imatrix_path]
+    for r in rules.rules:
+        if r.layered:
+            argv += ["--layer-type", f"{r.first}-{r.last}" + (f":{r.pattern}" if r.pattern else "") + f"={r.type}"]
+        else:
+            argv += ["--tensor-type", f"{r.pattern}={r.type}"]
+    for rx in rules.keep:
+        argv += ["--keep", rx]
+    if rules.token_embedding_type:
+        argv += ["--token-embedding-type", rules.token_embedding_type]
+    if rules.output_tensor_type:
+        argv += ["--output-tensor-type", rules.output_tensor_type]
+    if rules.leave_output_tensor:
+        argv.append("--leave-output-tensor")
+    for name, t in rules.manual:
+        argv += ["--manual", f"{name}={t}"]
+    if threads:
+        argv += ["--threads", str(threads)]
+    return argv
 
 
 def build_plan(src, args, imatrix=None):
@@ -185,25 +201,15 @@ def build_plan(src, args, imatrix=None):
             raise QuantStudioError(f"the plan does not fit this model: {len(odd)} tensors differ (first: '{odd[0]}')",
                                    args.plan)
         return plan
-    preset = args.preset
-    if args.type:
-        from .qtypes import KERNEL_FAMILY, parse_type, writable_type_names
-
-        qtype = parse_type(args.type)
-        if qtype not in KERNEL_FAMILY:
-            raise QuantStudioError(f"type {qtype.name} cannot be written (writable: {', '.join(writable_type_names())})")
-        preset = qtype.name
-    return make_plan(src.tensors, src.metadata, preset, pure=bool(args.type) or args.pure,
-                     tensor_types=args.tensor_type or (), token_embedding_type=args.token_embedding_type,
-                     output_tensor_type=args.output_tensor_type, layer_ranges=args.layer_type or (),
-                     keep=args.keep or (), has_imatrix=imatrix is not None,
-                     leave_output_tensor=args.leave_output_tensor)
+    return make_plan(src.tensors, src.metadata, rules_from_args(args, imatrix is not None))
 
 
 def cmd_quantize(args) -> int:
-    if os.path.abspath(args.output) == os.path.abspath(args.input):
-        raise QuantStudioError("output would overwrite the input", args.output)
-    src = open_for_output(args.input)
+    from .models import open_model
+
+    src = open_model(args.input, writable=True)
+    for w in getattr(src, "warnings", ()):
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
     imatrix = _load_imatrix(args, src)
     plan = build_plan(src, args, imatrix)
     plan.check_imatrix(imatrix is not None)
@@ -275,7 +281,7 @@ def _run(src, plan, args, imatrix=None) -> int:
     cancel = CancelToken()
     try:
         result = run_plan(src, plan, args.output, threads=args.threads, split_max_size=args.split_max_size,
-                          imatrix=arrays, extra_kv=extra, progress=bar, cancel=cancel)
+                          importances=arrays, extra_kv=extra, progress=bar, cancel=cancel)
     except KeyboardInterrupt:
         cancel.cancel()
         raise Cancelled("cancelled by the user; no output was written", args.output) from None
@@ -308,7 +314,7 @@ def cmd_demo(args) -> int:
 
     args.input = demo_model_path()
     for k in ("preset", "plan", "imatrix", "tensor_type", "layer_type", "keep", "token_embedding_type",
-              "output_tensor_type", "save_plan"):
+              "output_tensor_type", "save_plan", "manual"):
         setattr(args, k, None)
     args.pure = args.dry_run = args.leave_output_tensor = False
     os.makedirs(args.output_dir, exist_ok=True)
@@ -316,7 +322,7 @@ def cmd_demo(args) -> int:
     print(f"demo: quantizing {args.input} to {args.type.upper()}")
     rc = cmd_quantize(args)
     if rc == 0 and not args.json:
-        from .sources import open_model
+        from .models import open_model
         with open_model(args.output) as out:
             rows = [[t.name, t.dtype, "x".join(map(str, t.shape)), human_bytes(t.nbytes), f"{t.bpw:.2f}"]
                     for t in out.tensors]
@@ -340,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_run_args(q):
         q.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
-        q.add_argument("--split-max-size", type=parse_size, default=None, metavar="SIZE",
+        q.add_argument("--split-max-size", type=_size_arg, default=None, metavar="SIZE",
                        help="split the output into shards of at most SIZE (e.g. 500M, 2G), named like gguf-split")
         q.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -358,12 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("--imatrix", help="importance matrix (llama-imatrix .gguf or legacy .dat)")
     pq.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE",
                     help="type for tensors whose name matches REGEX (first match wins; repeatable)")
-    pq.add_argument("--layer-type", action="append", metavar="FIRST-LAST=TYPE",
-                    help="type for the tensors of layers FIRST..LAST (repeatable)")
+    pq.add_argument("--layer-type", action="append", metavar="FIRST-LAST[:REGEX]=TYPE",
+                    help="type for the tensors of layers FIRST..LAST (only those matching REGEX when given; "
+                    "after every --tensor-type; repeatable)")
     pq.add_argument("--keep", action="append", metavar="REGEX", help="leave matching tensors unquantized")
     pq.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight")
     pq.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight")
     pq.add_argument("--leave-output-tensor", action="store_true", help="do not quantize output.weight")
+    pq.add_argument("--manual", action="append", metavar="TENSOR=TYPE",
+                    help="type of one tensor by name, over every other rule (repeatable)")
     pq.add_argument("--save-plan", metavar="FILE", help="write the plan as JSON")
     pq.add_argument("--dry-run", action="store_true", help="print the per-tensor plan, predicted size and bpw; "
                     "write nothing")

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from .errors import OutputError
+from .errors import OutputError, UnsupportedError
 from .gguf_meta import KV
 
 GGUF_VERSION = 3
@@ -254,3 +254,34 @@ class GGUFStreamWriter:
                 os.remove(self.partial(s.path))
             except OSError:
                 pass
+
+
+# ----------------------------------------------------------------------------- a plan's output
+QUANTIZATION_VERSION = 2          # GGML_QNT_VERSION
+
+
+def output_kv(source, plan, extra: Optional[list[KV]] = None) -> list[KV]:
+    """The source's metadata with general.file_type and general.quantization_version set (in place
+    when present, appended otherwise, as llama-quantize does) and split keys dropped."""
+    kv = getattr(source, "kv", None)
+    if kv is None:
+        raise UnsupportedError("writing a GGUF needs GGUF metadata; this source has none "
+                               "(a Hugging Face checkpoint must be converted)", source.path)
+    out = [k for k in kv if not k.key.startswith("split.")]
+    sets = [KV("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32),
+            KV("general.file_type", plan.file_type, GGUFValueType.UINT32)] + list(extra or [])
+    for new in sets:
+        for i, k in enumerate(out):
+            if k.key == new.key:
+                out[i] = new
+                break
+        else:
+            out.append(new)
+    return out
+
+
+def layout_for(source, plan, output: str, split_max_size: Optional[int] = None,
+               extra_kv: Optional[list[KV]] = None) -> "GGUFLayout":
+    """The layout of ``plan`` (a core.plan.Plan) written from ``source`` (a ModelSource) to ``output``."""
+    tensors = [OutTensor(e.name, tuple(e.shape), e.qtype) for e in plan.entries]
+    return GGUFLayout(output, output_kv(source, plan, extra_kv), tensors, split_max_size)

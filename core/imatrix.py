@@ -207,7 +207,7 @@ class ImatrixData:
 
         ``names``: the tensors that will be quantized (default: every tensor llama.cpp would
         quantize); ``rename``: maps a tensor name to its GGUF name (for Hugging Face sources)."""
-        from .plan import allows_quantization
+        from .presets import allows_quantization
 
         infos = list(tensors)
         arch = getattr(tensors, "architecture", None)
@@ -351,7 +351,7 @@ class ImatrixData:
                    names: Optional[Iterable[str]] = None) -> "ImatrixData":
         """A small imatrix from random heavy-tailed activations for every quantizable weight of a
         model (tests, demos): per column a log-normal scale, a few outlier columns."""
-        from .plan import allows_quantization
+        from .presets import allows_quantization
 
         infos = list(tensors)
         arch = getattr(tensors, "architecture", None)

@@ -22,10 +22,94 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from .errors import PlanError
-from .plan import allows_quantization, fallback_type, kept_reason
 from .qtypes import T, is_quantized
 
 F = LlamaFileType
+
+
+# ----------------------------------------------------------------------------- what is quantized
+# Substrings that keep a tensor unquantized in llama.cpp (any architecture).
+_NEVER_QUANTIZE = (
+    "_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
+    "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
+    "indexer.q_proj.weight", "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight",
+    "time_mix_w2.weight", "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight",
+    "time_mix_a0.weight", "time_mix_a1.weight", "time_mix_a2.weight", "time_mix_g1.weight",
+    "time_mix_g2.weight", "time_mix_decay_w1.weight", "time_mix_decay_w2.weight",
+    "time_mix_lerp_fused.weight", "attn_rel_b.weight", ".position_embd", "sam.pos_embd", "sam.neck.",
+    "sam.net_", ".rel_pos", ".patch_embd", ".patch_merger", "a.rvq.codebook", "mm.a.code_embd",
+)
+_NEVER_QUANTIZE_GLM5_NEXT = (
+    "hc_", "indexer.attn_q_b", "indexer.attn_k", "indexer.proj", "indexer_compressor_gate",
+    "indexer_compressor_ape", "ssm_f_a.weight", "ssm_f_b.weight", "ssm_g_a.weight", "ssm_g_b.weight",
+    "ssm_beta.weight", "attn_kv_a_mqa.weight", "attn_k_b.weight", "attn_v_b.weight",
+)
+_NEVER_QUANTIZE_EXACT = ("position_embd.weight", "token_types.weight")
+_NEVER_RE = re.compile("|".join(map(re.escape, _NEVER_QUANTIZE)))
+_NEVER_GLM5_RE = re.compile("|".join(map(re.escape, _NEVER_QUANTIZE_GLM5_NEXT)))
+
+# Fallbacks for rows a 256-block type cannot take (llama.cpp tensor_type_fallback).
+_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
+             T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL,
+             T.IQ2_S: T.IQ4_NL, T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
+             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0}
+
+
+def allows_quantization(name: str, n_dims: int, arch: Optional[str] = None,
+                        quantize_output: bool = True) -> bool:
+    """llama.cpp's tensor_allows_quantization: 2-D+ tensors named '*weight', minus norms and friends."""
+    if n_dims < 2 or not name.endswith("weight"):
+        return False
+    if not quantize_output and name == "output.weight":
+        return False
+    if _NEVER_RE.search(name) or name in _NEVER_QUANTIZE_EXACT:
+        return False
+    if arch == "glm5-next" and _NEVER_GLM5_RE.search(name):
+        return False
+    return True
+
+
+def kept_reason(name: str, n_dims: int, quantize_output: bool = True) -> str:
+    """Why llama.cpp leaves a tensor as it is (for a tensor ``allows_quantization`` refuses)."""
+    if "norm" in name and (n_dims < 2 or name.endswith("_norm.weight")):
+        return "kept: norm"
+    if n_dims < 2:
+        return "kept: 1-D tensor"
+    if not name.endswith("weight"):
+        return "kept: not a weight"
+    if not quantize_output and name == "output.weight":
+        return "kept: output tensor left as is (--leave-output-tensor)"
+    if "ffn_gate_inp.weight" in name:
+        return "kept: expert router"
+    if name in _NEVER_QUANTIZE_EXACT:
+        return "kept: position/token-type embedding"
+    hit = next((s for s in _NEVER_QUANTIZE + _NEVER_QUANTIZE_GLM5_NEXT if s in name), None)
+    return f"kept: llama.cpp never quantizes '{hit}'" if hit else "kept"
+
+
+def fallback_type(qtype: GGMLQuantizationType, row_len: int) -> tuple[GGMLQuantizationType, str]:
+    """The type llama.cpp uses when ``row_len`` does not fit ``qtype``'s blocks; '' reason if it fits."""
+    bs = GGML_QUANT_SIZES[qtype][0]
+    if row_len % bs == 0:
+        return qtype, ""
+    new = _FALLBACK.get(qtype, qtype if bs <= 32 else None)
+    if new is None:
+        raise PlanError(f"no fallback is defined for type {qtype.name}")
+    if row_len % GGML_QUANT_SIZES[new][0]:
+        return T.F16, f"rows of {row_len} fit neither {qtype.name} nor {new.name}: F16"
+    return new, f"rows of {row_len} not a multiple of {bs}: {qtype.name} -> {new.name}"
+
+
+_FTYPE_ALIAS = {T.Q3_K: "MOSTLY_Q3_K_M", T.Q4_K: "MOSTLY_Q4_K_M", T.Q5_K: "MOSTLY_Q5_K_M", T.F32: "ALL_F32"}
+
+
+def file_type_of(qtype: GGMLQuantizationType) -> int:
+    """llama_ftype for a pure file of ``qtype`` (general.file_type; Q4_K is Q4_K_M as in llama-quantize)."""
+    name = _FTYPE_ALIAS.get(qtype, f"MOSTLY_{qtype.name}")
+    try:
+        return int(LlamaFileType[name])
+    except KeyError:
+        raise PlanError(f"type {qtype.name} has no llama.cpp file type") from None
 
 
 @dataclass(frozen=True)
@@ -35,13 +119,6 @@ class Preset:
     default_type: GGMLQuantizationType  # llama_ftype_get_default_type
     description: str                   # one line: what it does, nominal size as llama-quantize prints it
 
-    @property
-    def is_mix(self) -> bool:
-        """Whether the preset's rules change some tensors' types (else only output/token rules)."""
-        return self.name in _MIXES
-
-
-_MIXES = {"Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_M"}
 
 # In llama-quantize's order; sizes/ppl are its own help text (Llama-3-8B; F16/BF16 Mistral-7B).
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -520,6 +597,28 @@ class _Chooser:
         return new, why
 
 
+def tensor_spec(t: Any) -> "TensorSpec":
+    """A TensorSpec from a TensorInfo, a PlanEntry or anything with name/shape and a type."""
+    if hasattr(t, "ggml_type"):
+        src = t.ggml_type
+        if src is None:
+            raise PlanError(f"tensor '{t.name}' has dtype {t.dtype}, which GGUF cannot hold")
+    else:
+        name = getattr(t, "src_type", None)
+        if name not in GGMLQuantizationType.__members__:
+            raise PlanError(f"tensor '{t.name}' has type {name}, which GGUF cannot hold")
+        src = GGMLQuantizationType[name]
+    return TensorSpec(t.name, tuple(int(x) for x in t.shape), src)
+
+
+def counter_group(name: str, n_expert: int) -> Optional[str]:
+    """The llama.cpp counter a tensor advances (attn_v-like always; ffn_* only without experts)."""
+    c = tensor_category(name)
+    if c in (ATTN_V, ATTN_QKV, ATTN_KV_B):
+        return ATTN_V
+    return c if c in (FFN_DOWN, FFN_GATE, FFN_UP) and n_expert <= 1 else None
+
+
 def choose_types(tensors: Iterable[TensorSpec], facts: ModelFacts, preset: "Preset | int", *,
                  pure: bool = False, patterns: Sequence[Pattern] = (), keep: Sequence[Pattern] = (),
                  token_embedding_type: Optional[GGMLQuantizationType] = None,
@@ -537,6 +636,7 @@ def choose_types(tensors: Iterable[TensorSpec], facts: ModelFacts, preset: "Pres
     return {t.name: ch.choose(t) for t in sorted(tensors, key=lambda t: llama_order_key(t.name))}
 
 
-__all__ = ["PRESETS", "ALIASES", "Preset", "get_preset", "default_type", "ModelFacts", "TensorSpec", "Choice",
+__all__ = ["allows_quantization", "kept_reason", "fallback_type", "file_type_of", "tensor_spec", "counter_group",
+           "PRESETS", "ALIASES", "Preset", "get_preset", "default_type", "ModelFacts", "TensorSpec", "Choice",
            "Pattern", "choose_types", "tensor_category", "tensor_requires_imatrix", "use_more_bits",
            "llama_order_key"]

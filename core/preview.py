@@ -17,8 +17,7 @@ Two ways to get them:
   much of the error are not missed); the relative RMSE comes with a standard error
   and a confidence interval (Hansen-Hurwitz / ratio estimators, linearized variance,
   normal approximation). Max abs error is the sample's.
-- :func:`exact`: every row, in chunks over threads, with progress and cancel
-  (:func:`start_exact` runs it in a background thread).
+- :func:`exact`: every row, in chunks over threads, with progress and cancel.
 
 :func:`candidates` previews every writable type a tensor's rows fit, side by side;
 :func:`preview_plan` gives size and error per tensor of a plan, with a
@@ -30,7 +29,6 @@ import math
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any, Mapping, Optional, Sequence
@@ -38,6 +36,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 from numba import njit
 
+from .chunks import CHUNK_WEIGHTS, row_chunks, run_chunks
 from .errors import PlanError, UnsupportedError
 from .kernels import get_kernel
 from .progress import CancelToken, ProgressCallback, ProgressTracker, no_progress
@@ -45,7 +44,6 @@ from .qtypes import INTERMEDIATE_ONLY, parse_type, type_info, writable_types
 
 _F64 = np.float64
 N_STATS = 8            # per-row sums: x^2, err^2, x*y, y^2, max|err|, w*err^2, w*x^2, w
-CHUNK_WEIGHTS = 1 << 20
 DEFAULT_BUDGET = 0.22  # seconds for a sampled estimate (300 ms with the final bookkeeping and jitter)
 MIN_SAMPLE_ROWS = 32
 PILOT_WEIGHTS = 1 << 17
@@ -175,15 +173,6 @@ class _Rows:
             out[s:e] = self.source.read_rows(self.name, int(idx[s]), int(idx[e - 1]) + 1)
         return out
 
-    def chunks(self, weights: int) -> list[tuple[int, int, int]]:
-        """(start, stop, matrix) row ranges of about ``weights`` weights, never crossing a matrix."""
-        per = max(1, weights // self.row_len)
-        out = []
-        for m in range(self.n_mat):
-            a0, a1 = m * self.rows_per_mat, (m + 1) * self.rows_per_mat
-            out += [(a, min(a + per, a1), m) for a in range(a0, a1, per)]
-        return out
-
 
 def _importance(rows: _Rows, importance) -> Optional[np.ndarray]:
     """Importance as float32 ``(n_mat, row_len)``, or None."""
@@ -196,13 +185,6 @@ def _importance(rows: _Rows, importance) -> Optional[np.ndarray]:
         return w.reshape(rows.n_mat, rows.row_len)
     raise PlanError(f"importance for '{rows.name}' has {w.size} values, the tensor needs "
                     f"{rows.row_len * rows.n_mat} ({rows.n_mat} x {rows.row_len})")
-
-
-def _pool_map(fn, jobs: list, threads: int) -> list:
-    if threads <= 1 or len(jobs) <= 1:
-        return [fn(*j) for j in jobs]
-    with ThreadPoolExecutor(min(threads, len(jobs))) as ex:
-        return [f.result() for f in [ex.submit(fn, *j) for j in jobs]]
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -364,18 +346,17 @@ def _prepare(tensor, qtype, importance, name, use_for_quantization):
 def _measure_rows(kernel, rows: _Rows, idx: np.ndarray, x: np.ndarray, qimp, imp, threads: int) -> np.ndarray:
     """Per-row sums for rows ``idx`` (sorted, distinct; values ``x``), over threads and matrices."""
     mats = idx // rows.rows_per_mat if rows.n_mat > 1 else np.zeros(idx.size, dtype=np.int64)
-    jobs = []
+    bounds = []                                   # runs of positions in x, one matrix each
     for m in np.unique(mats).tolist():
         pos = np.flatnonzero(mats == m)
-        qw = qimp[m] if qimp is not None else None
-        we = imp[m] if imp is not None else None
-        for part in np.array_split(pos, max(1, min(threads, pos.size))):
-            if part.size:
-                jobs.append((part, qw, we))
+        bounds += [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(pos, max(1, min(threads, pos.size))) if p.size]
     out = np.empty((idx.size, N_STATS), dtype=np.float64)
-    res = _pool_map(lambda part, qw, we: _measure(kernel, x[part[0]:part[-1] + 1], qw, we), jobs, threads)
-    for (part, _, _), r in zip(jobs, res):
-        out[part[0]:part[-1] + 1] = r
+
+    def one(a: int, b: int) -> None:
+        m = int(mats[a])
+        out[a:b] = _measure(kernel, x[a:b], qimp[m] if qimp is not None else None, imp[m] if imp is not None else None)
+
+    run_chunks(one, bounds, threads=threads)
     return out
 
 
@@ -429,10 +410,11 @@ class _Sample:
             s = np.empty(rows.n_rows)
             m = np.empty(rows.n_rows)
 
-            def one(a: int, b: int, _m: int) -> None:
+            def one(a: int, b: int) -> None:
                 _row_proxy(np.ascontiguousarray(rows.read(a, b), dtype=np.float32), s[a:b], m[a:b])
 
-            _pool_map(one, rows.chunks(CHUNK_WEIGHTS), self.threads)
+            run_chunks(one, row_chunks(rows.n_rows, rows.row_len, CHUNK_WEIGHTS, rows.rows_per_mat),
+                       threads=self.threads)
             self._proxy = (s, m)
             if rows.source is not None:
                 with _PROXIES_LOCK:
@@ -490,31 +472,15 @@ def _all_rows(kernel, rows: _Rows, qimp, imp, threads: int, chunk_weights: int =
     """Per-row sums of every row, chunk by chunk; progress counts weights; cancel between chunks."""
     tracker = ProgressTracker(progress, rows.n_elements, "preview")
     out = np.empty((rows.n_rows, N_STATS), dtype=np.float64)
-    cancel = cancel or CancelToken()
-    stop = threading.Event()
 
-    def work(a: int, b: int, m: int) -> None:
-        if stop.is_set() or cancel.cancelled:
-            return
+    def work(a: int, b: int) -> None:
+        m = a // rows.rows_per_mat
         out[a:b] = _measure(kernel, rows.read(a, b), None if qimp is None else qimp[m],
                             None if imp is None else imp[m])
         tracker.advance((b - a) * rows.row_len, item=rows.name, item_done=b, item_total=rows.n_rows)
 
-    threads = max(1, int(threads))
-    with ThreadPoolExecutor(threads) as ex:
-        pending: list[Future] = []
-        try:
-            for a, b, m in rows.chunks(chunk_weights):
-                cancel.check()
-                pending.append(ex.submit(work, a, b, m))
-                if len(pending) >= 2 * threads:
-                    pending.pop(0).result()
-            for f in pending:
-                f.result()
-        except BaseException:
-            stop.set()                    # skips the queued chunks; the running ones finish
-            raise
-    cancel.check()
+    run_chunks(work, row_chunks(rows.n_rows, rows.row_len, chunk_weights, rows.rows_per_mat),
+               threads=threads, cancel=cancel)
     return out
 
 
@@ -596,23 +562,6 @@ def exact(tensor, qtype, importance=None, *, name: Optional[str] = None, threads
     rows, qt, kernel, imp, qimp = _prepare(tensor, qtype, importance, name, use_for_quantization)
     st = _all_rows(kernel, rows, qimp, imp, threads, chunk_weights, progress, cancel)
     return _metrics(rows, qt, st, imp is not None, "exact", confidence, time.perf_counter() - t0)
-
-
-def start_exact(tensor, qtype, importance=None, **kwargs) -> tuple[Future, CancelToken]:
-    """Run :func:`exact` in a background thread: returns its Future and the token that cancels it."""
-    cancel = kwargs.pop("cancel", None) or CancelToken()
-    fut: Future = Future()
-
-    def run() -> None:
-        if not fut.set_running_or_notify_cancel():
-            return
-        try:
-            fut.set_result(exact(tensor, qtype, importance, cancel=cancel, **kwargs))
-        except BaseException as e:       # Cancelled included: the caller sees it from result()
-            fut.set_exception(e)
-
-    threading.Thread(target=run, name="quant-studio-preview", daemon=True).start()
-    return fut, cancel
 
 
 def candidate_types(row_len: int) -> list:

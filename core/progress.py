@@ -83,15 +83,3 @@ class ProgressTracker:
             ev = Progress(self.done, self.total, self.stage, item, item_done, item_total,
                           time.perf_counter() - self.start, message)
         self.callback(ev)
-
-    def log(self, message: str) -> None:
-        self.advance(0, message=message)
-
-
-def format_duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"

@@ -13,12 +13,15 @@ from .errors import PlanError
 
 T = GGMLQuantizationType
 
-# Type -> kernel family module (core.kernels.<family>). Only these can be written.
-KERNEL_FAMILY: dict[GGMLQuantizationType, str] = {
-    T.F32: "floats", T.F16: "floats", T.BF16: "floats",
-    T.Q8_0: "legacy", T.Q4_0: "legacy", T.Q4_1: "legacy", T.Q5_0: "legacy", T.Q5_1: "legacy",
-    T.Q2_K: "kquants", T.Q3_K: "kquants", T.Q4_K: "kquants", T.Q5_K: "kquants", T.Q6_K: "kquants",
+# Kernel family module (core.kernels.<family>) -> the weight types it writes: an index, so that a
+# type's family is imported only when the type is used. Each module ends with its KERNELS table
+# (type -> quantize, dequantize), which a test checks against this index. Only these can be written.
+KERNEL_FAMILIES: dict[str, tuple[GGMLQuantizationType, ...]] = {
+    "floats": (T.F32, T.F16, T.BF16),
+    "legacy": (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1),
+    "kquants": (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K),
 }
+KERNEL_FAMILY: dict[GGMLQuantizationType, str] = {t: fam for fam, ts in KERNEL_FAMILIES.items() for t in ts}
 
 # Types that are intermediate-only in llama.cpp and never offered for weights.
 INTERMEDIATE_ONLY = {T.Q8_K}
@@ -60,10 +63,6 @@ class TypeInfo:
     @property
     def is_float(self) -> bool:
         return self.qtype in FLOAT_TYPES
-
-    @property
-    def writable(self) -> bool:
-        return self.qtype in KERNEL_FAMILY
 
     def row_bytes(self, n_per_row: int) -> int:
         if n_per_row % self.block_size:

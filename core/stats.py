@@ -15,19 +15,19 @@ result is the same for any ``threads``.
 from __future__ import annotations
 
 import math
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 import numpy as np
 
-from .errors import Cancelled, QuantStudioError
+from .chunks import row_chunks, run_chunks
+from .errors import QuantStudioError
 from .kernels import stats as _k
-from .progress import CancelToken, ProgressCallback, ProgressTracker
+from .progress import CancelToken, Progress, ProgressCallback, ProgressTracker, no_progress
+from .sources.base import ModelSource
 
 OUTLIER_KS = (3, 6, 10)
-CHUNK_ELEMS = 1 << 19          # elements per chunk (rounded to whole rows)
+CHUNK_WEIGHTS = 1 << 19        # weights per chunk of the two passes (see core.chunks)
 
 RowReader = Callable[[int, int], np.ndarray]
 
@@ -115,42 +115,9 @@ def _reader(shape: tuple[int, ...], nrows: int, ncols: int,
     return lambda a, b: np.ascontiguousarray(x2[a:b], dtype=np.float32)
 
 
-def _run_chunks(fn, bounds, threads: int, cancel: Optional[CancelToken], done):
-    """Run ``fn(a, b)`` over ``bounds``; ``done(i, result)`` is called in chunk order. At most
-    2 * threads chunks are in flight (memory stays bounded for streamed sources)."""
-    if cancel is not None:
-        cancel.check()
-    if threads <= 1 or len(bounds) <= 1:
-        for i, (a, b) in enumerate(bounds):
-            done(i, fn(a, b))
-            if cancel is not None:
-                cancel.check()
-        return
-    with ThreadPoolExecutor(threads) as ex:
-        pending: deque = deque()
-        it = iter(enumerate(bounds))
-        try:
-            for i, (a, b) in it:
-                pending.append((i, ex.submit(fn, a, b)))
-                if len(pending) >= 2 * threads:
-                    break
-            while pending:
-                i, fut = pending.popleft()
-                done(i, fut.result())
-                if cancel is not None:
-                    cancel.check()
-                nxt = next(it, None)
-                if nxt is not None:
-                    j, (a, b) = nxt
-                    pending.append((j, ex.submit(fn, a, b)))
-        finally:
-            for _, fut in pending:
-                fut.cancel()
-
-
 def compute_stats(name: str, shape, row_source: Union[np.ndarray, RowReader], *, bins: int = 128,
                   top_n: int = 16, threads: int = 1, progress: Optional[ProgressCallback] = None,
-                  cancel: Optional[CancelToken] = None, chunk_elems: int = CHUNK_ELEMS) -> TensorStats:
+                  cancel: Optional[CancelToken] = None, chunk_weights: int = CHUNK_WEIGHTS) -> TensorStats:
     """Statistics of a tensor of ``shape`` (numpy order; rows = prod(shape[:-1]), row length
     shape[-1]). ``row_source`` is a float array of that size, or ``read_rows(start, stop)``
     returning float32 ``(stop - start, ncols)``; it is called twice per chunk (once per pass),
@@ -163,8 +130,7 @@ def compute_stats(name: str, shape, row_source: Union[np.ndarray, RowReader], *,
     count = math.prod(shape) if shape else 1
     nrows = count // ncols if ncols else (math.prod(shape[:-1]) if shape else 1)
     read = _reader(shape, nrows, ncols, row_source)
-    chunk_rows = max(1, chunk_elems // max(ncols, 1))
-    bounds = [(a, min(a + chunk_rows, nrows)) for a in range(0, nrows, chunk_rows)] if count else []
+    bounds = row_chunks(nrows, ncols, chunk_weights) if count else []
     threads = max(1, int(threads))
     tracker = ProgressTracker(progress, total=2 * count, stage="stats") if progress else None
 
@@ -204,7 +170,7 @@ def compute_stats(name: str, shape, row_source: Union[np.ndarray, RowReader], *,
             acc["n"] = tot
         tick(*bounds[i])
 
-    _run_chunks(p1, bounds, threads, cancel, m1)
+    run_chunks(p1, bounds, threads=threads, cancel=cancel, done=m1)
 
     n = acc["n"]
     mean1 = acc["mean"]
@@ -241,7 +207,7 @@ def compute_stats(name: str, shape, row_source: Union[np.ndarray, RowReader], *,
         tick(*bounds[i])
 
     if n:
-        _run_chunks(p2, bounds, threads, cancel, m2_)
+        run_chunks(p2, bounds, threads=threads, cancel=cancel, done=m2_)
     elif tracker is not None:
         tracker.advance(count, item=name)
     if tracker is not None and not bounds:
@@ -272,3 +238,32 @@ def compute_stats(name: str, shape, row_source: Union[np.ndarray, RowReader], *,
         nan_count=acc["nan"], inf_count=acc["inf"],
         hist_edges=edges, hist_counts=hist, outliers_k=outl, top=top,
         row_absmax=row_absmax, col_absmax=col_absmax)
+
+
+# ----------------------------------------------------------------------------- a model's tensors
+def tensor_stats(src: ModelSource, name: str, *, threads: int = 1, progress: ProgressCallback = no_progress,
+                 cancel: Optional[CancelToken] = None):
+    t = src.tensor(name)
+    return compute_stats(name, tuple(t.shape), lambda a, b: src.read_rows(name, a, b), threads=threads,
+                         progress=progress, cancel=cancel)
+
+
+def model_stats(src: ModelSource, *, threads: Optional[int] = None, progress: ProgressCallback = no_progress,
+                cancel: Optional[CancelToken] = None) -> dict:
+    """Name -> TensorStats for every tensor that reads as float (integer tensors included)."""
+    from .kernels import default_threads
+
+    threads = threads or default_threads()
+    readable = [t for t in src.tensors if t.ggml_type is not None]
+    tracker = ProgressTracker(progress, 2 * sum(t.n_elements for t in readable), "statistics")
+    out = {}
+    for t in readable:
+        base = tracker.done
+
+        def fwd(ev: Progress, base=base, t=t) -> None:
+            tracker.done = base + ev.done
+            tracker.advance(0, t.name, ev.done, ev.total)
+
+        out[t.name] = tensor_stats(src, t.name, threads=threads, progress=fwd, cancel=cancel)
+        tracker.done = base + 2 * t.n_elements
+    return out

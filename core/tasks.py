@@ -22,20 +22,6 @@ _CACHE = None
 MAX_OPEN = 4                     # models a worker keeps open
 
 
-def open_for_studio(path: str):
-    """``(source, note)``: a model as the studio sees it. A Hugging Face checkpoint is seen as the
-    GGUF it converts to; when it cannot be converted it opens for inspection only, ``note`` says why."""
-    from .sources import open_model
-    src = open_model(path)
-    if getattr(src, "kv", None) is None:
-        try:
-            from .convert import convert_source
-            return convert_source(src), ""
-        except QuantStudioError as e:
-            return src, f"inspection only, cannot convert to GGUF: {e}"
-    return src, ""
-
-
 def _stamp(path: str) -> tuple:
     try:
         st = os.stat(path)
@@ -52,7 +38,8 @@ def source(path: str):
         hit = _SOURCES.get(path)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-    src, _ = open_for_studio(path)
+    from .models import open_model
+    src = open_model(path)
     with _LOCK:
         if len(_SOURCES) >= MAX_OPEN:
             _SOURCES.pop(next(iter(_SOURCES)))
@@ -80,7 +67,7 @@ def stats_item(ctx, name: str, path: str, threads: int = 1) -> None:
 
 def stats(ctx, path: str, name: str, threads: int = 1):
     """TensorStats of ``name``."""
-    from .inspect import tensor_stats
+    from .stats import tensor_stats
     return tensor_stats(source(path), name, threads=threads, cancel=ctx.cancel)
 
 
@@ -182,8 +169,9 @@ def warmed(ctx) -> list:
 
 
 def quantize(ctx, path: str, plan, output: str, threads: Optional[int] = None,
-             split_max_size: Optional[int] = None, imatrix: Optional[dict] = None, extra_kv=None):
+             split_max_size: Optional[int] = None, importances: Optional[dict] = None, extra_kv=None):
     """The quantization job (core.job.run_plan); posts each TensorResult, returns the JobResult."""
     from .job import run_plan
-    return run_plan(source(path), plan, output, threads=threads, split_max_size=split_max_size, imatrix=imatrix,
+    return run_plan(source(path), plan, output, threads=threads, split_max_size=split_max_size,
+                    importances=importances,
                     extra_kv=extra_kv, progress=ctx.progress, cancel=ctx.cancel, on_tensor=ctx.post)

@@ -298,8 +298,8 @@ def convert_source(hf: ModelSource) -> ConvertedSource:
     """The GGUF view of a Hugging Face folder (a SafetensorsSource, or a DequantizedSource for
     GPTQ/AWQ; a GPTQ/AWQ SafetensorsSource is wrapped here)."""
     if getattr(hf, "kind", None) != "hf" or not os.path.isdir(hf.path):
-        raise SourceError("converting needs a Hugging Face model folder (config.json, tokenizer, "
-                          "safetensors weights)", hf.path)
+        raise SourceError("not a folder: converting needs a Hugging Face model folder (config.json, "
+                          "tokenizer, safetensors weights)", hf.path)
     cfg_path = os.path.join(hf.path, "config.json")
     config = getattr(hf, "config", None)
     if not os.path.exists(cfg_path):

@@ -13,6 +13,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+from gguf.constants import GGMLQuantizationType as T
 
 _F32 = np.float32
 _U32 = np.uint32
@@ -154,3 +155,11 @@ def dequantize_bf16(q, out):
         h = q[r].view(np.uint16)
         for k in range(out.shape[1]):
             out[r, k] = bits_f32(_U32(_U32(h[k]) << _U32(16)))
+
+
+# GGUF type -> (quantize, dequantize): the registry (core.kernels.get_kernel) reads this table.
+KERNELS = {
+    T.F32: (quantize_f32, dequantize_f32),
+    T.F16: (quantize_f16, dequantize_f16),
+    T.BF16: (quantize_bf16, dequantize_bf16),
+}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from gguf.constants import GGMLQuantizationType as T
 
 from .floats import bits_f32, f16_bits_to_f32, f32_bits, load_f16, store_f16
 
@@ -1131,3 +1132,14 @@ def dequantize_q8_k(q, out):
             d = bits_f32(_U32(db))
             for j in range(QK_K):
                 out[r, b * QK_K + j] = d * _F32(np.int8(q[r, ob + 4 + j]))
+
+
+# GGUF type -> (quantize, dequantize): the registry (core.kernels.get_kernel) reads this table.
+KERNELS = {
+    T.Q2_K: (quantize_q2_k, dequantize_q2_k),
+    T.Q3_K: (quantize_q3_k, dequantize_q3_k),
+    T.Q4_K: (quantize_q4_k, dequantize_q4_k),
+    T.Q5_K: (quantize_q5_k, dequantize_q5_k),
+    T.Q6_K: (quantize_q6_k, dequantize_q6_k),
+    T.Q8_K: (quantize_q8_k, dequantize_q8_k),
+}

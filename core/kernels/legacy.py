@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from gguf.constants import GGMLQuantizationType as T
 
 from .floats import f32_bits, load_f16, store_f16
 
@@ -484,3 +485,13 @@ def dequantize_q5_1(q, out):
                 hi = (v >> 4) | (((qh >> (j + 16)) & 1) << 4)
                 out[r, b * QK + j] = _F32(lo) * d + m
                 out[r, b * QK + 16 + j] = _F32(hi) * d + m
+
+
+# GGUF type -> (quantize, dequantize): the registry (core.kernels.get_kernel) reads this table.
+KERNELS = {
+    T.Q8_0: (quantize_q8_0, dequantize_q8_0),
+    T.Q4_0: (quantize_q4_0, dequantize_q4_0),
+    T.Q4_1: (quantize_q4_1, dequantize_q4_1),
+    T.Q5_0: (quantize_q5_0, dequantize_q5_0),
+    T.Q5_1: (quantize_q5_1, dequantize_q5_1),
+}

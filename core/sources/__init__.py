@@ -1,4 +1,6 @@
-"""Open any supported model: ``open_model(path)`` -> :class:`ModelSource`."""
+"""The raw readers: ``open_file(path)`` -> :class:`ModelSource` of a GGUF file, a .safetensors file
+or a Hugging Face folder as stored (no conversion; ``core.models.open_model`` is what users of a
+model call)."""
 from __future__ import annotations
 
 import os
@@ -6,18 +8,17 @@ import os
 from ..errors import SourceError
 from .base import ModelSource, TensorInfo, layer_of
 
-__all__ = ["open_model", "ModelSource", "TensorInfo", "layer_of"]
+__all__ = ["open_file", "ModelSource", "TensorInfo", "layer_of"]
 
 
-def open_model(path: "str | os.PathLike") -> ModelSource:
+def open_file(path: "str | os.PathLike") -> ModelSource:
     """Open a GGUF file, a .safetensors file or a Hugging Face folder (headers only; data stays mapped)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise SourceError("no such file or folder", path)
     if os.path.isdir(path):
-        from ..convert.gptq_awq import maybe_dequantized
         from .safetensors_source import SafetensorsSource
-        return maybe_dequantized(SafetensorsSource(path))   # GPTQ/AWQ weights are seen dequantized
+        return SafetensorsSource(path)
     try:
         with open(path, "rb") as f:
             head = f.read(8)

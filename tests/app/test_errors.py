@@ -53,7 +53,7 @@ def test_drop_and_bad_imatrix(qtbot, window, synthetic_path, tmp_path):
     with qtbot.waitSignal(h.finished, timeout=10000):
         pass
     assert win.s.imatrix is not None and "good.imatrix.gguf" in win.plan_panel.imatrix_label.text()
-    assert win.s.plan.options["has_imatrix"] is True
+    assert win.s.plan.rules.has_imatrix is True
     name = "blk.0.attn_q.weight"
     win.table.select(name)
     qtbot.waitUntil(lambda: bool(win.preview.metrics) and win.preview.metrics[0].weighted, timeout=30000)

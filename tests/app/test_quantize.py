@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from core.sources import open_model as core_open
+from core.models import open_model as core_open
 
 from .conftest import open_model
 

@@ -62,7 +62,7 @@ def test_open_inspect_edit_preview(qtbot, window, demo_path):
         assert win.table.proxy.setData(idx, "Q4_0")
     e = win.s.plan.entry(NAME)
     assert (e.type, e.reason) == ("Q4_0", "manual edit")
-    assert win.s.spec.overrides == {NAME: "Q4_0"}
+    assert win.s.rules.manual_types == {NAME: "Q4_0"}
     assert idx.data() == "Q4_0"
     assert win.s.planned_bytes() < before_size
     qtbot.waitUntil(lambda: win.s.planned_errors[NAME].type == "Q4_0", timeout=30000)
@@ -140,7 +140,7 @@ def test_selection_rules_plan_files_cli(qtbot, window, demo_path, tmp_path):
     assert win.load_plan(path)
     assert {e.name: e.type for e in win.s.plan.entries} == types_before
     assert pp.preset.currentText() == "Q4_0" and pp.rules.rowCount() == 2
-    assert win.s.spec.overrides and win.s.spec.token_embedding_type == "Q8_0"
+    assert win.s.rules.manual and win.s.rules.token_embedding_type == "Q8_0"
 
     # the CLI command is on the clipboard, and the CLI makes exactly this plan from it
     win.copy_cli()

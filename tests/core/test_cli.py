@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from core.cli import main, parse_size
+from core.cli import main
+from core.units import parse_size
 from tests.badfiles import fill_disk_after, make_bad_gguf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -202,8 +203,31 @@ def test_hf_folder_inspect_and_quantize_with_preset(tmp_path):
     out = tmp_path / "o.gguf"
     r = cli("quantize", folder, str(out), "--preset", "Q8_0", "--json")
     assert r.returncode == 0, r.stderr
-    from core.sources import open_model
+    from core.models import open_model
 
     m = open_model(str(out))
     assert m.architecture == "llama" and "Q8_0" in m.type_counts()
     assert "tokenizer.ggml.tokens" in m.metadata
+
+
+def test_the_command_line_of_any_rules_makes_the_same_rules(synthetic_path):
+    """core.cli.quantize_argv renders PlanRules as options that parse back to the same PlanRules (what
+    the studio's "Copy command" relies on), layer ranges with a pattern and manual types included."""
+    from core.cli import build_parser, quantize_argv, rules_from_args
+    from core.models import open_model
+    from core.plan import make_plan
+    from core.rules import PlanRules, Rule
+
+    rules = PlanRules.make("Q4_K_M", tensor_types=["ffn_up=Q8_0"], keep=["attn_k"], token_embedding_type="Q8_0",
+                           manual={"blk.1.attn_v.weight": "Q6_K"}, imatrix_path="/data/m.gguf",
+                           rules=[Rule.make("ffn_down", "Q5_0", 0, 1), Rule.make("", "Q6_K", 1, 1)])
+    argv = quantize_argv("in.gguf", "out.gguf", rules, threads=3)
+    ns = build_parser().parse_args(argv)
+    assert rules_from_args(ns, has_imatrix=True) == rules and ns.threads == 3
+    src = open_model(synthetic_path)
+    ns.imatrix = None
+    plan = make_plan(src.tensors, src.metadata, rules)
+    assert make_plan(src.tensors, src.metadata, rules_from_args(ns, True)).entries == plan.entries
+    assert plan.entry("blk.1.attn_v.weight").type == "Q6_K" and plan.entry("blk.0.ffn_down.weight").type == "Q5_0"
+    pure = PlanRules.make("Q8_0", pure=True)
+    assert rules_from_args(build_parser().parse_args(quantize_argv("a", "b", pure))) == pure

@@ -135,7 +135,7 @@ def test_kv_value_encoding_matches_gguf_writer(tmp_path):
     w.add_bool("flag", True)
     w.add_tensor("t", np.ones((2, 32), np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-    from core.sources import open_model
+    from core.models import open_model
 
     src = open_model(str(p))
     kv = [KV(k.key, k.value, k.vtype, k.subtype) for k in src.kv]   # re-encode from values

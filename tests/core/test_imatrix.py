@@ -12,7 +12,8 @@ from core.errors import PlanError, SourceError
 from core.imatrix import (KEY_Q_CHUNKS, KEY_Q_DATASET, KEY_Q_ENTRIES, KEY_Q_FILE, ImatrixData, ImatrixEntry,
                           load_imatrix)
 from core.kernels import get_kernel
-from core.sources import TensorInfo, open_model
+from core.models import open_model
+from core.sources import TensorInfo
 
 
 # -- references -------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ from gguf.constants import GGMLQuantizationType as T
 from gguf.quants import dequantize, quantize
 
 from core.errors import Cancelled, SourceError
-from core.job import layout_for, run_plan
+from core.gguf_out import layout_for
+from core.job import run_plan
 from core.plan import pure_plan
 from core.progress import CancelToken
-from core.sources import open_model
+from core.models import open_model
 
 
 def _reader_tensors(path):

@@ -9,7 +9,7 @@ import pytest
 from core.job import run_plan
 from core.plan import make_plan, pure_plan
 from core.presets import PRESETS
-from core.sources import open_model
+from core.models import open_model
 
 TEXT = (b"The quick brown fox jumps over the lazy dog. In 1969, astronauts landed on the Moon and walked on "
         b"its surface. Water boils at one hundred degrees Celsius at sea level, and")
@@ -65,7 +65,7 @@ def test_preset_runs_in_llama_cpp_close_to_source(reference, preset):
         imatrix = im.arrays_for(src.tensors, [e.name for e in plan.entries if e.quantize])
     plan.check_imatrix(imatrix is not None)
     out = str(d / f"demo-{preset}.gguf")
-    res = run_plan(src, plan, out, threads=2, imatrix=imatrix)
+    res = run_plan(src, plan, out, threads=2, importances=imatrix)
     lp = _log_softmax(_logits(out, tokens))
     kl = float(np.mean(np.sum(np.exp(ref_lp) * (ref_lp - lp), axis=-1)))
     top1 = float(np.mean(ref_lp.argmax(-1) == lp.argmax(-1)))

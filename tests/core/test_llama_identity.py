@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from core.job import run_plan
-from core.plan import file_type_of, pure_plan
+from core.plan import pure_plan
+from core.presets import file_type_of
 from core.qtypes import parse_type
-from core.sources import open_model
+from core.models import open_model
 from tests.refs.llama import quantize as llama_quantize
 
 LEGACY = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16"]
@@ -103,7 +104,7 @@ def _preset_vs_llama(src_path, preset, tmp_path, with_imatrix):
     if imatrix is not None:
         arrays = imatrix.arrays_for(src.tensors, [e.name for e in plan.entries if e.quantize])
     ours = str(tmp_path / "ours.gguf")
-    run_plan(src, plan, ours, threads=2, imatrix=arrays)
+    run_plan(src, plan, ours, threads=2, importances=arrays)
     theirs = str(tmp_path / "theirs.gguf")
     llama_quantize(src_path, get_preset(preset).ftype, output=theirs, nthread=2,
                    imatrix=None if imatrix is None else {n: imatrix.weights(n) for n in imatrix.entries})

@@ -13,11 +13,13 @@ from gguf.constants import LlamaFileType
 
 from core.errors import PlanError
 from core.job import run_plan
-from core.plan import (PLAN_VERSION, Plan, file_type_of, make_plan, parse_layer_range, parse_tensor_type,
-                       predict_size, pure_plan)
+from core.export import llama_quantize_args, tensor_type_file
+from core.plan import PLAN_VERSION, Plan, make_plan, predict_size, pure_plan
+from core.presets import file_type_of
+from core.rules import parse_layer_range, parse_tensor_type
 from core.presets import get_preset
 from core.qtypes import T
-from core.sources import open_model
+from core.models import open_model
 from tests.refs import llama as ref
 
 
@@ -116,7 +118,7 @@ def test_pure_and_float_presets(syn):
     assert {f16.entry(f"blk.{i}.ffn_down.weight").type for i in range(2)} == {"Q8_0"}
     assert any("ignores --tensor-type" in w for w in f16.warnings)
     with pytest.raises(PlanError, match="ignores --tensor-type when the file type is not quantized"):
-        f16.llama_quantize_args("in.gguf", "out.gguf")
+        llama_quantize_args(f16, "in.gguf", "out.gguf")
 
 
 def test_warnings_for_rules_that_do_nothing(syn):
@@ -170,7 +172,7 @@ def test_validation_errors(syn, demo):
         plan.set_type("blk.0.attn_norm.weight", "F16")
     e = plan.set_type("blk.0.ffn_down.weight", "q4_k")           # rows of 1536 fit
     assert (e.type, e.quantize) == ("Q4_K", True)
-    assert plan.options["manual"] == {"blk.0.ffn_down.weight": "Q4_K"}
+    assert plan.rules.manual_types == {"blk.0.ffn_down.weight": "Q4_K"}
 
 
 # ----------------------------------------------------------------------------- JSON
@@ -180,11 +182,12 @@ def test_json_round_trip_and_rederive(deep):
     plan.set_type("blk.3.ffn_up.weight", "F16")
     text = plan.to_json()
     d = json.loads(text)
-    assert d["version"] == PLAN_VERSION and d["options"]["tensor_types"] == [["attn_output", "Q6_K"]]
+    assert d["version"] == PLAN_VERSION and d["rules"]["rules"][0] == {"pattern": "attn_output", "type": "Q6_K"}
+    assert d["rules"]["rules"][1] == {"pattern": "", "type": "Q8_0", "layers": [10, 11]}
     back = Plan.from_json(text)
     assert back == plan
     again = back.rederive()
-    assert again.entries == plan.entries and again.options == plan.options
+    assert again.entries == plan.entries and again.rules == plan.rules
     other = back.rederive(preset="Q5_K_M")
     fresh = make_plan(deep.tensors, deep.metadata, "Q5_K_M", tensor_types=["attn_output=Q6_K"],
                       layer_ranges=["10-11=Q8_0"], keep=["ffn_gate"], token_embedding_type="Q8_0",
@@ -196,6 +199,24 @@ def test_json_round_trip_and_rederive(deep):
         Plan.from_json("{\"version\": 2}")
     with pytest.raises(PlanError, match="not a valid plan file"):
         Plan.from_json("not json")
+
+
+def test_version_2_plan_files_still_load(deep):
+    """Plans saved before the rules had a type of their own (an untyped "options" dict) load with
+    the same rules and re-derive to the same types."""
+    plan = make_plan(deep.tensors, deep.metadata, "Q4_K_M", tensor_types=["attn_output=Q6_K"],
+                     layer_ranges=["10-11=Q8_0"], keep=["ffn_gate"], token_embedding_type="Q8_0",
+                     manual={"blk.3.ffn_up.weight": "F16"})
+    d = json.loads(plan.to_json())
+    r = d.pop("rules")
+    d.pop("model")
+    d.update(version=2, preset=r["preset"], pure=r["pure"], options={
+        "tensor_types": [["attn_output", "Q6_K"]], "layer_ranges": [[10, 11, "Q8_0"]], "keep": ["ffn_gate"],
+        "token_embedding_type": "Q8_0", "output_tensor_type": None, "has_imatrix": False,
+        "leave_output_tensor": False, "manual": {"blk.3.ffn_up.weight": "F16"}, "model": plan.model.to_dict()})
+    old = Plan.from_json(json.dumps(d))
+    assert old.rules == plan.rules and old.model == plan.model
+    assert old.rederive().entries == plan.entries
 
 
 # ----------------------------------------------------------------------------- llama-quantize export
@@ -211,33 +232,33 @@ def test_exported_arguments_make_llama_cpp_choose_the_plan(deep, demo, tmp_path)
     ]
     for i, plan in enumerate(plans):
         src = deep if i < 2 else demo
-        args = plan.llama_quantize_args(src.path, "out.gguf")
+        args = llama_quantize_args(plan, src.path, "out.gguf")
         assert _llama_from_args(args) == _types(plan), args
         f = tmp_path / f"types{i}.txt"
-        f.write_text(plan.tensor_type_file())
-        args_f = plan.llama_quantize_args(src.path, "out.gguf", tensor_type_file=str(f))
+        f.write_text(tensor_type_file(plan))
+        args_f = llama_quantize_args(plan, src.path, "out.gguf", tensor_type_file=str(f))
         assert "--tensor-type" not in args_f
         assert _llama_from_args(args_f) == _types(plan)
     # a manual edit of one attn_v shifts llama.cpp's attn_v counter: the export pins what it must
-    assert sum(a == "--tensor-type" for a in plans[1].llama_quantize_args("i", "o")) >= 2
+    assert sum(a == "--tensor-type" for a in llama_quantize_args(plans[1], "i", "o")) >= 2
 
 
 def test_exported_argument_layout(demo, syn):
     plan = make_plan(demo.tensors, demo.metadata, "Q4_K", pure=True, output_tensor_type="Q8_0")
-    args = plan.llama_quantize_args("in model.gguf", "out.gguf", threads=4)
+    args = llama_quantize_args(plan, "in model.gguf", "out.gguf", threads=4)
     assert args[0] == "--allow-requantize"                      # the demo is Q4_1
     assert args[-4:] == ["in model.gguf", "out.gguf", "Q4_K_M", "4"]
     assert "--pure" in args and args[args.index("--output-tensor-type") + 1] == "Q8_0"
     assert shlex.split(shlex.join(args)) == args
-    plain = make_plan(syn.tensors, syn.metadata, "Q8_0").llama_quantize_args("a.gguf", "b.gguf")
+    plain = llama_quantize_args(make_plan(syn.tensors, syn.metadata, "Q8_0"), "a.gguf", "b.gguf")
     assert plain == ["a.gguf", "b.gguf", "Q8_0"]
     with pytest.raises(PlanError, match="importance matrix"):
-        make_plan(syn.tensors, syn.metadata, "Q4_0", has_imatrix=True).llama_quantize_args("a", "b")
-    args = make_plan(syn.tensors, syn.metadata, "Q4_0", has_imatrix=True).llama_quantize_args(
+        llama_quantize_args(make_plan(syn.tensors, syn.metadata, "Q4_0", has_imatrix=True), "a", "b")
+    args = llama_quantize_args(make_plan(syn.tensors, syn.metadata, "Q4_0", has_imatrix=True), 
         "a", "b", imatrix="m.gguf")
     assert args[:2] == ["--imatrix", "m.gguf"]
     with pytest.raises(PlanError, match="no rules"):
-        pure_plan(syn.tensors, "Q8_0", "llama").llama_quantize_args("a", "b")
+        llama_quantize_args(pure_plan(syn.tensors, "Q8_0", "llama"), "a", "b")
 
 
 # ----------------------------------------------------------------------------- size

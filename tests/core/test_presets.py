@@ -14,10 +14,11 @@ from gguf.constants import LlamaFileType
 
 from core.demo import make_synthetic_llama
 from core.errors import PlanError
-from core.plan import _spec, make_plan
+from core.plan import make_plan
+from core.presets import tensor_spec as _spec
 from core.presets import (ALIASES, PRESETS, ModelFacts, choose_types, default_type, get_preset,
                           tensor_category, use_more_bits)
-from core.sources import open_model
+from core.models import open_model
 from tests.refs import llama as ref
 
 STD = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]

@@ -163,7 +163,7 @@ def test_top_n_ties_and_planted_outliers():
     x[150, 7] = -9.0
     x[20, 44] = 8.5
     x[20, 45] = np.inf                                          # not a top value: not finite
-    s = compute_stats("ties", x.shape, x, top_n=10, chunk_elems=512)
+    s = compute_stats("ties", x.shape, x, top_n=10, chunk_weights=512)
     r = _ref(x)
     assert s.top == _top_ref(r["x2"], r["fin"], 10)
     assert s.top[0] == (-9.0, 150, 7) and s.top[1] == (8.5, 20, 44)
@@ -173,7 +173,7 @@ def test_top_n_ties_and_planted_outliers():
     # all magnitudes equal: the earliest positions win, whatever the chunking
     signs = np.where(rng.random((40, 30)) < 0.5, -1.0, 1.0).astype(np.float32)
     for chunk in (30, 300, 1 << 19):
-        s = compute_stats("pm1", signs.shape, signs, top_n=12, chunk_elems=chunk)
+        s = compute_stats("pm1", signs.shape, signs, top_n=12, chunk_weights=chunk)
         assert [(r, c) for _, r, c in s.top] == [divmod(i, 30) for i in range(12)]
         assert [v for v, _, _ in s.top] == signs.ravel()[:12].tolist()
 
@@ -252,11 +252,11 @@ def test_callable_source_matches_array(kind):
     ncols = x.shape[-1]
     calls = []
     chunk = 37 * ncols                                  # 37 rows per chunk
-    streamed = compute_stats(kind, x.shape, _reader(x, calls), chunk_elems=chunk)
+    streamed = compute_stats(kind, x.shape, _reader(x, calls), chunk_weights=chunk)
     assert max(b - a for a, b in calls) == 37           # memory bounded by the chunk size
     nrows = x.size // ncols
     assert sorted(set(calls)) == [(a, min(a + 37, nrows)) for a in range(0, nrows, 37)]
-    _assert_same(streamed, compute_stats(kind, x.shape, x, chunk_elems=chunk))
+    _assert_same(streamed, compute_stats(kind, x.shape, x, chunk_weights=chunk))
     # against the one-chunk in-memory run: counts exact, float sums to rounding
     whole = compute_stats(kind, x.shape, x)
     for k in ("count", "n_finite", "nan_count", "inf_count", "min", "max", "absmax", "outliers_k", "top"):
@@ -270,7 +270,7 @@ def test_callable_source_matches_array(kind):
 @pytest.mark.parametrize("kind", sorted(DATA))
 def test_two_threads_equal_one(kind):
     x = DATA[kind]()
-    kw = dict(chunk_elems=20 * x.shape[-1])
+    kw = dict(chunk_weights=20 * x.shape[-1])
     one = compute_stats(kind, x.shape, x, threads=1, **kw)
     _assert_same(one, compute_stats(kind, x.shape, x, threads=2, **kw))
     _assert_same(one, compute_stats(kind, x.shape, _reader(x, []), threads=2, **kw))
@@ -290,7 +290,7 @@ def test_cancel_raises(threads):
 
     with pytest.raises(Cancelled):
         compute_stats("n", x.shape, _reader(x, calls), threads=threads, progress=progress,
-                      cancel=tok, chunk_elems=10 * 96)
+                      cancel=tok, chunk_weights=10 * 96)
     assert len(calls) < 2 * 24      # stopped before reading every chunk twice
     pre = CancelToken()
     pre.cancel()
@@ -302,7 +302,7 @@ def test_cancel_raises(threads):
 def test_progress_reaches_total(threads):
     x = _student_t_outliers()
     events = []
-    compute_stats("t", x.shape, x, threads=threads, progress=events.append, chunk_elems=50 * 130)
+    compute_stats("t", x.shape, x, threads=threads, progress=events.append, chunk_weights=50 * 130)
     assert events and all(e.total == 2 * x.size for e in events)
     done = [e.done for e in events]
     assert done == sorted(done) and done[-1] == 2 * x.size

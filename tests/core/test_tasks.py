@@ -40,9 +40,9 @@ def _same_stats(a, b):
 
 def test_stats_overlay_and_candidates_match_in_process_calls(pool, synthetic_path):
     from core import tasks
-    from core.inspect import tensor_stats
+    from core.stats import tensor_stats
     from core.preview import estimate
-    from core.sources import open_model
+    from core.models import open_model
 
     src = open_model(synthetic_path)
     name = "blk.0.ffn_down.weight"
@@ -68,7 +68,7 @@ def test_stats_overlay_and_candidates_match_in_process_calls(pool, synthetic_pat
 def test_quantize_in_a_worker_writes_the_same_file(pool, synthetic_path, tmp_path):
     from core.job import run_plan
     from core.plan import pure_plan
-    from core.sources import open_model
+    from core.models import open_model
 
     src = open_model(synthetic_path)
     plan = pure_plan(src, "Q4_0")
@@ -82,7 +82,7 @@ def test_quantize_in_a_worker_writes_the_same_file(pool, synthetic_path, tmp_pat
 
 def test_cancelled_quantize_leaves_nothing(pool, synthetic_path, tmp_path):
     from core.plan import pure_plan
-    from core.sources import open_model
+    from core.models import open_model
 
     plan = pure_plan(open_model(synthetic_path), "Q8_0")
     token = CancelToken()
@@ -96,7 +96,7 @@ def test_cancelled_quantize_leaves_nothing(pool, synthetic_path, tmp_path):
 def test_frontier_point_and_warm_up(pool, synthetic_path):
     from core.plan import make_plan, planned_bytes
     from core.preview import preview_plan
-    from core.sources import open_model
+    from core.models import open_model
 
     src = open_model(synthetic_path)
     posts = []

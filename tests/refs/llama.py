@@ -140,7 +140,7 @@ def quantize(path: str, ftype: int, *, pure: bool = False, tensor_types: Sequenc
         tail = "\n".join(text.strip().splitlines()[-5:])
         raise RuntimeError(f"llama_model_quantize failed ({rc}): {tail}")
     if output is not None:
-        from core.sources import open_model   # its header parser is tested against gguf-py's GGUFReader
+        from core.models import open_model   # its header parser is tested against gguf-py's GGUFReader
 
         with open_model(output) as m:
             types = {t.name: t.dtype for t in m.tensors}

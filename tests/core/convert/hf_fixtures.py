@@ -228,3 +228,21 @@ def synthetic_checkpoint(folder: str, hf_arch: str, *, seed: int = 0, dtype: str
     shards = [{n: (dtype, t[n]) for n in names[:half]}, {n: (dtype, t[n]) for n in names[half:]}]
     write_checkpoint(folder, shards, config)
     return config
+
+
+def open_hf(folder: str):
+    """A Hugging Face folder opened for writing (core.models.open_model; conversion errors raised)."""
+    from core.models import open_model
+    return open_model(folder, writable=True)
+
+
+def quantize_hf(folder: str, output: str, qtype: str, *, threads: Optional[int] = None, **kwargs):
+    """``quant-studio quantize FOLDER OUTPUT --type T`` as calls: open (converted), plan, run."""
+    from core.job import run_plan
+    from core.plan import pure_plan
+
+    src = open_hf(folder)
+    try:
+        return run_plan(src, pure_plan(src.tensors, qtype, src.architecture), output, threads=threads, **kwargs)
+    finally:
+        src.close()

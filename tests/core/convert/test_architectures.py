@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from core.convert import SUPPORTED_ARCHITECTURES, open_hf, quantize_hf
-from core.sources import open_model
+from core.convert import SUPPORTED_ARCHITECTURES
+from tests.core.convert.hf_fixtures import open_hf, quantize_hf
+from core.models import open_model
 from core.sources.safetensors_source import SafetensorsSource
 
 from .hf_fixtures import CHAT, bf16_items, bf16_round, gguf_from_hf_qk, synthetic_checkpoint

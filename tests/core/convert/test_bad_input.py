@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from core.convert import quantize_hf
+from tests.core.convert.hf_fixtures import quantize_hf
 from core.errors import QuantStudioError, SourceError, UnsupportedError
 
 from core.sources.safetensors_source import SafetensorsSource

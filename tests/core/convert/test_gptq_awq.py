@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from core.convert import open_hf, quantize_hf
+from tests.core.convert.hf_fixtures import open_hf, quantize_hf
 from core.convert.gptq_awq import DequantizedSource, maybe_dequantized
 from core.errors import UnsupportedError
-from core.inspect import model_stats
+from core.stats import model_stats
 from core.sources.safetensors_source import SafetensorsSource
 
 from .hf_fixtures import gguf_from_hf_qk, synthetic_checkpoint, write_checkpoint, write_json

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from gguf.constants import GGMLQuantizationType as T
 
-from core.convert import open_hf, quantize_hf
+from tests.core.convert.hf_fixtures import open_hf, quantize_hf
 from core.gguf_out import GGUFLayout, GGUFStreamWriter, OutTensor
 from core.job import run_plan
 from core.plan import pure_plan
-from core.sources import open_model
+from core.models import open_model
 
 from .hf_fixtures import bf16_items, bf16_round, bpe_tokenizer_json, hf_from_gguf_qk, write_checkpoint, write_json
 

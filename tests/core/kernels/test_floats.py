@@ -95,6 +95,6 @@ def test_importance_weights_ignored_and_threads(name):
     x = heavy_rows(rows=64)
     k = get_kernel(name)
     one = k.quantize(x)
-    assert np.array_equal(k.quantize(x, imatrix=imatrix_for(x.shape[1])), one)
-    assert np.array_equal(k.quantize(x, threads=2, chunk_rows=5), one)
+    assert np.array_equal(k.quantize(x, importance=imatrix_for(x.shape[1])), one)
+    assert np.array_equal(k.quantize(x, threads=2, chunk_weights=5 * x.shape[1]), one)
     assert np.array_equal(k.dequantize(one, x.shape[1], threads=2), k.dequantize(one, x.shape[1]))

@@ -129,7 +129,7 @@ def test_importance_weights_match_llama_cpp(name, data):
     x = DATA[data]()
     im = heavy_imatrix(x.shape[1])
     k = get_kernel(name)
-    ours = k.quantize(x, imatrix=im)
+    ours = k.quantize(x, importance=im)
     assert_blocks_equal(ours, ggml_quantize(T[name], x, im), k.type_size,
                         f"{name} {data} imatrix vs llama.cpp")
     if data in ("normal", "heavy"):
@@ -142,7 +142,7 @@ def test_uniform_importance_weights(name):
     x = heavy_rows(seed=6, rows=48, n=512)
     k = get_kernel(name)
     for im in (np.ones(x.shape[1], np.float32), np.zeros(x.shape[1], np.float32)):
-        assert_blocks_equal(k.quantize(x, imatrix=im), ggml_quantize(T[name], x, im), k.type_size,
+        assert_blocks_equal(k.quantize(x, importance=im), ggml_quantize(T[name], x, im), k.type_size,
                             f"{name} imatrix={im[0]} vs llama.cpp")
 
 
@@ -163,8 +163,8 @@ def test_threads_give_the_same_bytes(name):
     x = heavy_rows(seed=8, rows=37, n=512)
     im = heavy_imatrix(x.shape[1])
     k = get_kernel(name)
-    assert np.array_equal(k.quantize(x, threads=2, chunk_rows=3), k.quantize(x, threads=1))
-    assert np.array_equal(k.quantize(x, im, threads=2, chunk_rows=5), k.quantize(x, im, threads=1))
+    assert np.array_equal(k.quantize(x, threads=2, chunk_weights=3 * x.shape[1]), k.quantize(x, threads=1))
+    assert np.array_equal(k.quantize(x, im, threads=2, chunk_weights=5 * x.shape[1]), k.quantize(x, im, threads=1))
 
 
 def test_error_ordering_and_importance():
@@ -175,7 +175,7 @@ def test_error_ordering_and_importance():
     for name in KQUANTS:
         k = get_kernel(name)
         err = k.dequantize(k.quantize(x), x.shape[1]) - x
-        erri = k.dequantize(k.quantize(x, imatrix=im), x.shape[1]) - x
+        erri = k.dequantize(k.quantize(x, importance=im), x.shape[1]) - x
         e2, ei2 = err.astype(np.float64) ** 2, erri.astype(np.float64) ** 2
         rel[name] = float(np.sqrt(e2.mean() / np.mean(x.astype(np.float64) ** 2)))
         wrel[name] = (float(np.sum(im * ei2)), float(np.sum(im * e2)))
@@ -197,7 +197,7 @@ def test_real_weights_smollm2():
         k = get_kernel(name)
         assert_blocks_equal(k.quantize(x), ggml_quantize(T[name], x), k.type_size,
                             f"SmolLM2 {name} vs llama.cpp")
-        assert_blocks_equal(k.quantize(x, imatrix=im), ggml_quantize(T[name], x, im), k.type_size,
+        assert_blocks_equal(k.quantize(x, importance=im), ggml_quantize(T[name], x, im), k.type_size,
                             f"SmolLM2 {name} imatrix vs llama.cpp")
 
 

@@ -91,7 +91,7 @@ def test_importance_weights_match_llama_cpp(name, data):
     x = DATA[data]()
     im = imatrix_for(x.shape[1])
     k = get_kernel(name)
-    ours = k.quantize(x, imatrix=im)
+    ours = k.quantize(x, importance=im)
     assert_blocks_equal(ours, ggml_quantize(T[name], x, im), k.type_size, f"{name} {data} imatrix vs llama.cpp")
     if name == "Q8_0":
         assert np.array_equal(ours, k.quantize(x)), "Q8_0 ignores importance weights, as llama.cpp"
@@ -105,7 +105,7 @@ def test_uniform_importance_weights(name):
     x = heavy_rows(rows=32)
     k = get_kernel(name)
     for im in (np.ones(x.shape[1], np.float32), np.zeros(x.shape[1], np.float32)):
-        assert_blocks_equal(k.quantize(x, imatrix=im), ggml_quantize(T[name], x, im), k.type_size,
+        assert_blocks_equal(k.quantize(x, importance=im), ggml_quantize(T[name], x, im), k.type_size,
                             f"{name} imatrix={im[0]} vs llama.cpp")
 
 
@@ -115,7 +115,7 @@ def test_threads_give_the_same_bytes(name):
     im = imatrix_for(x.shape[1])
     k = get_kernel(name)
     assert np.array_equal(k.quantize(x, threads=2), k.quantize(x, threads=1))
-    assert np.array_equal(k.quantize(x, im, threads=2, chunk_rows=3), k.quantize(x, im, threads=1))
+    assert np.array_equal(k.quantize(x, im, threads=2, chunk_weights=3 * x.shape[1]), k.quantize(x, im, threads=1))
 
 
 def test_registry_q4_0_threads():
@@ -161,7 +161,7 @@ def test_smollm2_real_weights():
             ours = k.quantize(x)
             _assert_matches_gguf_py(ours, x, name, f"SmolLM2 {name} vs gguf-py")
             assert_blocks_equal(ours, ggml_quantize(T[name], x), k.type_size, f"SmolLM2 {name} vs llama.cpp")
-            assert_blocks_equal(k.quantize(x, imatrix=im), ggml_quantize(T[name], x, im), k.type_size,
+            assert_blocks_equal(k.quantize(x, importance=im), ggml_quantize(T[name], x, im), k.type_size,
                                 f"SmolLM2 {name} imatrix vs llama.cpp")
     # the file was written by llama.cpp's reference Q4_1 path: decoding and re-encoding gives its bytes back
     assert_blocks_equal(q41.quantize(w), raw, 20, "SmolLM2 Q4_1 decode/encode round trip vs the file")

@@ -4,7 +4,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from core.errors import SourceError, UnsupportedError
-from core.sources import open_model
+from core.sources import open_file as open_model
 from tests.badfiles import make_bad_gguf
 
 

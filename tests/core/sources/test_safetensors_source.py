@@ -5,7 +5,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from core.errors import SourceError, UnsupportedError
-from core.sources import open_model
+from core.sources import open_file as open_model
 
 
 def write_bf16_safetensors(path, tensors: dict):

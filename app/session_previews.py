@@ -9,7 +9,7 @@ from typing import Any
 
 from core.errors import PlanError
 
-from . import planning
+from . import plan_choices
 from .workers import TaskHandle, void
 
 PLAN_SAMPLE_ROWS = 64          # rows per tensor for the plan's predicted-error column
@@ -34,7 +34,7 @@ class PreviewsMixin:
         """Predicted error of every quantized tensor in its planned type (sampled, cached)."""
         if self.source is None or self.plan is None:
             return
-        src, path, plan = self.source, self.path, self.plan
+        path, plan = self.path, self.plan
         imid = self.imatrix.id if self.imatrix is not None else None
         todo = []
         for e in plan.entries:
@@ -47,17 +47,15 @@ class PreviewsMixin:
             self.start_frontier()
 
         self._loop("plan-preview", "core.tasks:planned_error_item", todo, path, PLAN_SAMPLE_ROWS,
-                   on_post=lambda r, s=src: self._planned_error(s, *r), on_done=done)
+                   on_post=self._bind(lambda st, r: self._planned_error(st, *r)), on_done=self._bind(lambda st: done()))
 
-    def _planned_error(self, src, name: str, t: str, m) -> None:
-        if src is not self.source or self.plan is None:
-            return
+    def _planned_error(self, state, name: str, t: str, m) -> None:
         try:
-            if self.plan.entry(name).type != t:       # a late result of a superseded plan
+            if state.plan is None or state.plan.entry(name).type != t:       # a late result of a superseded plan
                 return
         except PlanError:
             return
-        self.planned_errors[name] = PlannedError(t, m)
+        state.planned_errors[name] = PlannedError(t, m)
         self.planErrorReady.emit(name)
 
     def plan_preview(self):
@@ -87,14 +85,12 @@ class PreviewsMixin:
         imid = self.imatrix.id if (self.imatrix is not None and imp is not None) else None
         h = self._call("candidates", "core.tasks:candidates", self.path, name, self.candidate_types, imp, imid,
                        exact, CANDIDATE_BUDGET, BG_THREADS)
-        h.posted.connect(lambda ms, s=src, n=name: self._candidates(s, n, ms))
-        h.progress.connect(lambda ev, n=name: void(self.candidateProgress.emit, n, ev))
+        h.posted.connect(self._bind(lambda st, ms, n=name: self._candidates(st, n, ms)))
+        h.progress.connect(self._bind(lambda st, ev, n=name: self.candidateProgress.emit(n, ev)))
         return h
 
-    def _candidates(self, src, name: str, ms) -> None:
-        if src is not self.source:
-            return
-        self.candidates[name] = ms
+    def _candidates(self, state, name: str, ms) -> None:
+        state.candidates[name] = ms
         self.candidatesReady.emit(name, ms)
 
     def request_overlay(self, name: str, qtype: str) -> TaskHandle | None:
@@ -106,27 +102,19 @@ class PreviewsMixin:
         if info.ggml_type is None or info.row_len == 0:
             return None
         h = self._call("overlay", "core.tasks:overlay", self.path, name, qtype, self.importance(name), OVERLAY_ROWS)
-        h.succeeded.connect(lambda st, s=src, n=name, t=qtype: self._overlay(s, n, t, st))
+        h.succeeded.connect(self._bind(lambda state, st, n=name, t=qtype: self.overlayReady.emit(n, t, st)))
         return h
-
-    def _overlay(self, src, name: str, qtype: str, st) -> None:
-        if src is self.source:
-            self.overlayReady.emit(name, qtype, st)
 
     def start_frontier(self) -> TaskHandle | None:
         """Size vs error of every preset for this model (sampled, low priority)."""
         if self.source is None or self.frontier:
             return None
-        src = self.source
-        presets = self.frontier_presets or planning.preset_names()
+        presets = self.frontier_presets or plan_choices.preset_names()
         out: list = []
         # gathered here, shown once at the end: every redraw of the chart costs the GUI thread
         return self._loop("frontier", "core.tasks:frontier_item", presets, self.path, self.imatrix, PLAN_SAMPLE_ROWS,
-                          priority=-2, on_post=out.append,
-                          on_done=lambda s=src: self._frontier(s, out))
+                          priority=-2, on_post=out.append, on_done=self._bind(lambda st: self._frontier(st, out)))
 
-    def _frontier(self, src, points) -> None:
-        if src is not self.source:
-            return
-        self.frontier = points
+    def _frontier(self, state, points) -> None:
+        state.frontier = points
         self.frontierReady.emit(points)
