@@ -1,6 +1,7 @@
-"""Background work on a busy machine: how long a small studio task (the sampled error preview of one
-tensor, as the studio runs it when a tensor is selected) takes in a worker process of each
-niceness, with the machine idle and with N other busy processes (bench/loadgen.py) competing.
+"""Background work on a busy machine: how long a small studio task (the statistics of the demo's
+token embedding, 28 M weights, as the studio computes them when the tensor is selected) takes in a
+worker process of each niceness, with the machine idle and with N other busy processes
+(bench/loadgen.py) competing.
 
 The studio's choice (core.procpool.ANALYSIS_NICE / JOBS_NICE) is the row marked '*'. A worker's
 niceness only decides how it shares the CPU with *other programs*: the window runs in its own
@@ -22,9 +23,9 @@ from bench.loadgen import busy  # noqa: E402
 
 def timed(pool, path: str, name: str, repeat: int) -> float:
     out = []
-    for i in range(repeat):
+    for _ in range(repeat):
         t0 = time.perf_counter()
-        pool.call("core.tasks:planned_error_item", (name, "Q4_0" if i % 2 else "Q5_0", None, None), path, 64 + i)
+        pool.call("core.tasks:stats", path, name, 1)
         out.append(time.perf_counter() - t0)
     return statistics.median(out)
 
@@ -37,15 +38,14 @@ def main() -> int:
     ap.add_argument("--load", type=int, default=2, help="busy processes competing (default 2)")
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
-    path, name = demo_model_path(), "blk.3.ffn_down.weight"
+    path, name = demo_model_path(), "token_embd.weight"
     chosen = {procpool.ANALYSIS_NICE: "analysis", procpool.JOBS_NICE: "jobs"}
     rows = []
     for nice in sorted({0, procpool.ANALYSIS_NICE, 5, 10}):
         pool = procpool.ProcessPool(1, f"bench-nice{nice}", nice=nice)
         try:
-            pool.call("core.tasks:warm", "Q4_0")
-            pool.call("core.tasks:warm", "Q5_0")
-            timed(pool, path, name, 1)                   # model opened, caches filled
+            pool.call("core.tasks:warm", "stats")
+            timed(pool, path, name, 1)                   # model opened, kernels loaded
             idle = timed(pool, path, name, a.repeat)
             with busy(a.load):
                 time.sleep(0.5)
@@ -53,7 +53,7 @@ def main() -> int:
         finally:
             pool.close()
         rows.append((nice, idle, loaded))
-    print(f"Sampled error preview of {name} ({os.path.basename(path)}), median of {a.repeat}, "
+    print(f"Statistics of {name} ({os.path.basename(path)}), median of {a.repeat}, "
           f"{os.cpu_count()} cores, {a.load} busy processes competing")
     print(f"  {'worker nice':>11} {'idle':>9} {'under load':>11} {'ratio':>7}")
     for nice, idle, loaded in rows:

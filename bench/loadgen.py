@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing as mp
+import os
+import signal
+import sys
 import time
 
 
-def _spin(seconds: float) -> None:
+def _spin(seconds: float, parent: int) -> None:
     end = time.monotonic() + seconds
     x = 0
-    while time.monotonic() < end:
+    while time.monotonic() < end and os.getppid() == parent:     # ends with its parent, however it ended
         for i in range(100000):
             x = (x * 31 + i) & 0xFFFFFFFF
 
@@ -24,7 +27,7 @@ def _spin(seconds: float) -> None:
 def busy(n: int, seconds: float = 3600.0):
     """``n`` busy processes at normal priority while the block runs."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_spin, args=(seconds,), daemon=True) for _ in range(n)]
+    procs = [ctx.Process(target=_spin, args=(seconds, os.getpid()), daemon=True) for _ in range(n)]
     for p in procs:
         p.start()
     try:
@@ -41,6 +44,7 @@ def main() -> None:
     ap.add_argument("n", type=int, nargs="?", default=2)
     ap.add_argument("--seconds", type=float, default=3600.0)
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))     # `kill` ends the busy processes too
     with busy(a.n, a.seconds) as procs:
         print(f"{a.n} busy processes: {' '.join(str(p.pid) for p in procs)}", flush=True)
         try:

@@ -40,12 +40,14 @@ PROGRESS_INTERVAL = 0.05         # seconds between progress messages of one task
 POLL = 0.05                      # how long a blocking call waits between looks at its cancel token
 SLICE_SECONDS = 0.3              # default length of one slice of submit_each
 MAX_MESSAGES = 200               # messages read from one child per poll (the rest at the next one)
-# Worker priorities (Unix nice values, added to the parent's). The window is a separate process,
-# so it keeps its share of the CPU whatever the workers' niceness; a high nice value only starves the
-# work itself whenever any other program is busy (nice 10 gets ~10 % of the CPU time next to a
-# process at nice 0: a 0.3 s preview took tens of seconds). Measured with bench/bench_gui.py under load.
-JOBS_NICE = 0                    # what the user started and waits for (quantizing)
-ANALYSIS_NICE = 2                # statistics and previews running behind it
+# Worker priorities (Unix nice values, added to the parent's): the window's responsiveness against
+# the work's share of a busy machine. Measured on 2 cores (bench/bench_gui.py, bench/bench_load.py):
+# at nice 10 a worker gets ~10 % of the CPU next to one busy program (a 0.19 s task took 2.1 s with
+# two busy processes, 11x; a preview in the tests tens of seconds); at nice 0 the window stalls up to
+# 110-170 ms while the demo is quantized (3 busy threads on 2 cores with it); at nice 5 the task
+# takes 0.78 s under that load (4.3x) and the window's longest stall is 77-100 ms (goal < 100 ms).
+JOBS_NICE = 5                    # what the user started (quantizing)
+ANALYSIS_NICE = 5                # statistics and previews running behind it
 
 _MP = mp.get_context("spawn")
 

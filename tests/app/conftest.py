@@ -2,6 +2,7 @@
 never block on a dialog (errors are observed through MainWindow.errorShown / last_error)."""
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -11,6 +12,17 @@ OUT_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "test-output", "ap
 # compilation alone can take minutes on a cold cache (their own tests cover them).
 FAST_TYPES = ["F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
 FAST_PRESETS = ["F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_the_gui_thread():
+    """Qt objects caught in reference cycles (a window and the lambdas connected to its signals) are
+    freed here, on the GUI thread, right after the test. Left to the cyclic garbage collector they
+    would be destroyed later on whichever thread happens to trigger a collection -- in a later core
+    test, a worker thread of a chunk loop -- and Qt warns (or worse) about timers touched from
+    another thread. (The studio itself runs no Python thread in the GUI process.)"""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
