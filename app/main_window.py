@@ -21,7 +21,7 @@ from .quantize_panel import QuantizePanel
 from .session import Session
 from .summary_panel import SummaryPanel
 from .tensor_table import TensorTable
-from .workers import soon, void
+from .workers import soon
 
 MAX_RECENT = 10
 MODEL_FILTER = "Models (*.gguf *.safetensors);;GGUF (*.gguf);;safetensors (*.safetensors);;All files (*)"
@@ -105,7 +105,7 @@ class MainWindow(QMainWindow):
         s.warmupDone.connect(lambda: self.warm_label.setText("kernels ready"))
         s.backgroundError.connect(self._background_error)
         self.table.tensorSelected.connect(self.select_tensor)
-        self.heatmap.tensorClicked.connect(lambda name: void(self.table.select, name))
+        self.heatmap.tensorClicked.connect(lambda name: self.table.select(name))
         self.preview.typeChosen.connect(self._overlay_type)
         self.plan_panel.saveRequested.connect(self.save_plan_dialog)
         self.plan_panel.loadRequested.connect(self.load_plan_dialog)
@@ -137,7 +137,7 @@ class MainWindow(QMainWindow):
             a.setShortcut(QKeySequence(shortcut))
         if tip:
             a.setStatusTip(tip)
-        a.triggered.connect(lambda _=False: void(slot))
+        a.triggered.connect(lambda _=False: slot())
         menu.addAction(a)
         return a
 

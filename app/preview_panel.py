@@ -13,7 +13,7 @@ from . import fmt, plan_choices
 from .plots import FrontierPlot
 from .session import Session
 from .widgets import ProgressBar
-from .workers import soon, void
+from .workers import soon
 
 HEADERS = ["Type", "bpw", "Size", "Rel. RMSE", "95% interval", "SNR", "Max |err|", "Cosine", "imatrix-wtd",
            "Measured"]
@@ -90,7 +90,7 @@ class PreviewPanel(QWidget):
         self._totals_timer.timeout.connect(self.update_totals)
         session.planErrorReady.connect(lambda _: soon(self._totals_timer))
         session.planPreviewDone.connect(self.update_totals)
-        session.frontierReady.connect(lambda pts: void(self.frontier.set_points, pts))
+        session.frontierReady.connect(lambda pts: self.frontier.set_points(pts))
         session.modelOpened.connect(self._reset)
 
     def _reset(self) -> None:

@@ -15,7 +15,7 @@ from core.errors import QuantStudioError
 from . import fmt
 from .session import Session
 from .widgets import ProgressBar
-from .workers import TaskHandle, void
+from .workers import TaskHandle
 
 
 class QuantizePanel(QWidget):
@@ -92,7 +92,7 @@ class QuantizePanel(QWidget):
         lay.addWidget(self.log, 1)
         lay.addLayout(bottom)
 
-        self.output.textEdited.connect(lambda _: void(self.output.setProperty, "auto", False))
+        self.output.textEdited.connect(lambda _: self.output.setProperty("auto", False))
         self.browse.clicked.connect(self._browse)
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)

@@ -28,7 +28,7 @@ from core.rules import PlanRules
 
 from . import plan_choices
 from .session_previews import BG_THREADS, PlannedError, PreviewsMixin
-from .workers import TaskHandle, Workers, void
+from .workers import TaskHandle, Workers
 
 
 @dataclass(eq=False)
@@ -56,8 +56,9 @@ class ModelState:
         self.planned_errors, self.candidates, self.frontier = {}, {}, []
 
 
-def _state_property(name: str) -> property:
-    return property(lambda self: getattr(self.model, name), doc=f"The current model's ``{name}``.")
+# read-only views of the current ModelState on the Session (``session.plan`` is ``session.model.plan``)
+STATE_VIEWS = ("source", "path", "note", "rules", "plan", "stats", "stats_errors", "planned_errors", "candidates",
+               "frontier", "imatrix", "imatrix_path", "imatrix_match")
 
 
 class Session(QObject, PreviewsMixin):
@@ -80,20 +81,6 @@ class Session(QObject, PreviewsMixin):
     warmupDone = Signal()
     backgroundError = Signal(str, object)      # what was being done, exception (shown in the status bar)
 
-    source = _state_property("source")
-    path = _state_property("path")
-    note = _state_property("note")
-    rules = _state_property("rules")
-    plan = _state_property("plan")
-    stats = _state_property("stats")
-    stats_errors = _state_property("stats_errors")
-    planned_errors = _state_property("planned_errors")
-    candidates = _state_property("candidates")
-    frontier = _state_property("frontier")
-    imatrix = _state_property("imatrix")
-    imatrix_path = _state_property("imatrix_path")
-    imatrix_match = _state_property("imatrix_match")
-
     def __init__(self, workers: Optional[Workers] = None, parent: Optional[QObject] = None):
         super().__init__(parent)
         self.workers = workers or Workers(parent=self)
@@ -109,13 +96,13 @@ class Session(QObject, PreviewsMixin):
         """``fn(model_state, *args)`` for a result of background work, called only while the model it
         was asked for is still the open one (a late result of a closed model is dropped here)."""
         m = self.model
-        return lambda *args: void(fn, m, *args) if m is self.model else None
+        return lambda *args: fn(m, *args) if m is self.model else None
 
     # -- background helpers --------------------------------------------------------------
     def _track(self, key: str, h: TaskHandle, report: bool) -> TaskHandle:
         """Keep ``h`` under ``key``; a failure of background work goes to the status bar."""
         if report:
-            h.failed.connect(lambda e, k=key: void(self.backgroundError.emit, k, e))
+            h.failed.connect(lambda e, k=key: self.backgroundError.emit(k, e))
         self._tasks[key] = h
         return h
 
@@ -182,7 +169,7 @@ class Session(QObject, PreviewsMixin):
         self._replace("open")
         h = self._track("open", self.workers.run_here(work, "open"), False)
         h.succeeded.connect(lambda src, p=path: self._opened(p, src))
-        h.failed.connect(lambda e, p=path: void(self.openFailed.emit, p, e))
+        h.failed.connect(lambda e, p=path: self.openFailed.emit(p, e))
         return h
 
     def _opened(self, path: str, src) -> None:
@@ -357,3 +344,7 @@ class Session(QObject, PreviewsMixin):
     def shutdown(self) -> None:
         self._plan_timer.stop()
         self.workers.shutdown()
+
+
+for _name in STATE_VIEWS:
+    setattr(Session, _name, property(lambda self, n=_name: getattr(self.model, n), doc=f"The open model's ``{_name}``."))

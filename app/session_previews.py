@@ -10,7 +10,7 @@ from typing import Any
 from core.errors import PlanError
 
 from . import plan_choices
-from .workers import TaskHandle, void
+from .workers import TaskHandle
 
 PLAN_SAMPLE_ROWS = 64          # rows per tensor for the plan's predicted-error column
 CANDIDATE_BUDGET = 0.06        # seconds per type for the first, sampled candidate preview

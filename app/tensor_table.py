@@ -13,7 +13,6 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComb
 
 from . import fmt, plan_choices
 from .session import Session
-from .workers import void
 
 COLUMNS = ["Tensor", "Layer", "Shape", "Type", "Size", "Planned", "bpw", "Pred. error", "Planned size", "Std",
            "Kurtosis", ">6σ", "NaN/Inf", "Col spread", "Absmax", ">3σ", "Reason"]
@@ -346,7 +345,7 @@ class TypeDelegate(QStyledItemDelegate):
         for i, t in enumerate(plan_choices.type_names(row_len)):
             combo.addItem(t)
             combo.setItemData(i, plan_choices.type_description(t), Qt.ItemDataRole.ToolTipRole)
-        combo.activated.connect(lambda _=0, c=combo: void(self.commitData.emit, c))
+        combo.activated.connect(lambda _=0, c=combo: self.commitData.emit(c))
         return combo
 
     def setEditorData(self, editor, index):
@@ -475,10 +474,6 @@ class TensorTable(QWidget):
         self.view.scrollTo(idx, QAbstractItemView.ScrollHint.PositionAtCenter)
         return True
 
-    def current_name(self) -> Optional[str]:
-        idx = self.view.currentIndex()
-        return idx.data(NAME_ROLE) if idx.isValid() else None
-
     def selected(self) -> list[str]:
         return selected_names(self.view)
 
@@ -493,7 +488,7 @@ class TensorTable(QWidget):
         for t in fits:
             a = sub.addAction(t)
             a.setToolTip(plan_choices.type_description(t))
-            a.triggered.connect(lambda _=False, t=t, ns=names: void(self.s.set_types, ns, t))
+            a.triggered.connect(lambda _=False, t=t, ns=names: self.s.set_types(ns, t))
         sub.setToolTipsVisible(True)
         clear = menu.addAction("Clear manual types")
         clear.triggered.connect(lambda _=False, ns=names: self._clear(ns))

@@ -19,15 +19,6 @@ from core.procpool import ANALYSIS_NICE, JOBS_NICE, SLICE_SECONDS, Task, shared_
 POLL_MS = 15                      # how often the GUI thread collects what the workers sent
 
 
-def void(fn: Callable, *args: Any) -> None:
-    """Call ``fn`` and drop its result. Slots must return None: PySide6 6.12 releases a reference
-    to a bool a Python slot returns (``emit()`` returns True), and Py_True/Py_False then reach a
-    zero count -- a fatal error at exit. Signals carrying Python bools are avoided for the same reason.
-    Can go together with the PySide6 < 6.12 pin in pyproject.toml, once a PySide6 release no longer
-    aborts in tests/app on Python 3.11."""
-    fn(*args)
-
-
 def soon(timer: QTimer) -> None:
     """Start a single-shot ``timer`` unless it already runs: a stream of results then updates a
     view every interval (restarting it instead would postpone the update until the stream ends)."""

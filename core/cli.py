@@ -276,12 +276,12 @@ def _run(src, plan, args, imatrix=None) -> int:
     from .job import run_plan
     from .progress import CancelToken
 
-    arrays, extra = _imatrix_inputs(src, plan, imatrix)
+    importances, extra = _imatrix_inputs(src, plan, imatrix)
     bar = ProgressBar(enabled=False if args.json else None)
     cancel = CancelToken()
     try:
         result = run_plan(src, plan, args.output, threads=args.threads, split_max_size=args.split_max_size,
-                          importances=arrays, extra_kv=extra, progress=bar, cancel=cancel)
+                          importances=importances, extra_kv=extra, progress=bar, cancel=cancel)
     except KeyboardInterrupt:
         cancel.cancel()
         raise Cancelled("cancelled by the user; no output was written", args.output) from None
