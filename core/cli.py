@@ -182,10 +182,15 @@ def build_plan(src, args, imatrix=None):
     """The plan from --plan, or --preset / --type with the rule options."""
     from .plan import Plan, make_plan
 
-    modes = [m for m in ("preset", "type", "plan") if getattr(args, m, None)]
+    modes = [m for m in ("preset", "type", "plan", "recipe_from") if getattr(args, m, None)]
     if len(modes) != 1:
-        raise QuantStudioError("give exactly one of --preset, --type or --plan"
-                               + (f" (got {', '.join('--' + m for m in modes)})" if modes else ""))
+        raise QuantStudioError("give exactly one of --preset, --type or --plan (or --recipe-from)"
+                               + (f" (got {', '.join('--' + m.replace('_', '-') for m in modes)})" if modes else ""))
+    if args.recipe_from:
+        from .models import open_model
+        from .recipe import recipe_plan
+        with open_model(args.recipe_from) as other:
+            return recipe_plan(src, other, has_imatrix=imatrix is not None).plan
     if args.plan:
         try:
             with open(args.plan, encoding="utf-8") as f:
@@ -287,6 +292,13 @@ def _run(src, plan, args, imatrix=None) -> int:
         raise Cancelled("cancelled by the user; no output was written", args.output) from None
     finally:
         bar.close()
+    if args.verify:
+        from .verify import verify
+        bad = [r for r in (verify(p, src, threads=args.threads) for p in result.paths) if not r.ok]
+        for r in bad:
+            _print_verify(r, False)
+        if bad:
+            return 2
     src_bytes = sum(src.tensor(e.name).nbytes for e in plan.entries)
     summary = {"input": src.path, "output": result.paths, "preset": plan.preset, "file_size": result.size,
                "tensor_bytes": result.tensor_bytes, "source_bytes": src_bytes, "n_elements": result.n_elements,
@@ -300,7 +312,7 @@ def _run(src, plan, args, imatrix=None) -> int:
     counts: dict[str, int] = {}
     for e in plan.entries:
         counts[e.type] = counts.get(e.type, 0) + 1
-    print(f"wrote {', '.join(result.paths)}")
+    print(f"wrote {', '.join(result.paths)}" + (" (verified: sound)" if args.verify else ""))
     print(f"  {plan.preset}: {len(plan.entries)} tensors ("
           + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) + ")")
     print(f"  size {human_bytes(result.size)} (tensors {human_bytes(src_bytes)} -> "
@@ -309,14 +321,119 @@ def _run(src, plan, args, imatrix=None) -> int:
     return 0
 
 
+def _print_verify(report, as_json: bool) -> int:
+    """The verify report on stdout (or stderr next to a quantize summary); 0 when sound, 2 otherwise."""
+    if as_json:
+        json.dump(report.to_dict(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        measured = [t for t in report.tensors if t.rel_rmse is not None]
+        vs = f"; error against {os.path.basename(report.source)} as each type gives ({len(measured)} tensors)" \
+            if report.source else ""
+        if report.ok:
+            print(f"{report.path}: sound -- {len(report.tensors)} tensors; header, metadata, offsets and sizes "
+                  f"agree with gguf-py; every tensor decodes{vs}")
+        else:
+            print(f"{report.path}: {len(report.defects)} defects", file=sys.stderr)
+            for d in report.defects[:20]:
+                print(f"  {d}", file=sys.stderr)
+    return 0 if report.ok else 2
+
+
+def cmd_verify(args) -> int:
+    from .models import open_model
+    from .verify import verify
+
+    source = open_model(args.source) if args.source else None
+    bar = ProgressBar(enabled=False if args.json else None)
+    try:
+        report = verify(args.file, source, threads=args.threads, progress=bar)
+    finally:
+        bar.close()
+    return _print_verify(report, args.json)
+
+
+def _short(v, limit: int = 60) -> str:
+    v = _jsonable(v)
+    text = json.dumps(v, ensure_ascii=False) if isinstance(v, list) else str(v)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def cmd_diff(args) -> int:
+    from .compare import compare
+    from .models import open_model
+
+    a, b = open_model(args.a), open_model(args.b)
+    source = open_model(args.source) if args.source else None
+    bar = ProgressBar(enabled=False if args.json else None)
+    try:
+        c = compare(a, b, source, threads=args.threads or 1, progress=bar)
+    finally:
+        bar.close()
+    if args.json:
+        json.dump(c.to_dict(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    err = source is not None
+    head = ["", "tensor", "A type", "A bpw", "B type", "B bpw", "A size", "B size"] + (["A rel RMSE", "B rel RMSE"]
+                                                                                   if err else [])
+    rows, last = [], object()
+    for t in c.tensors:
+        if t.layer != last and (args.all or any(u.differs for u in c.tensors if u.layer == t.layer)):
+            last = t.layer
+            rows.append(["", "-- " + ("non-layer tensors" if t.layer is None else f"layer {t.layer}"), "", "", "", "",
+                         "", ""] + (["", ""] if err else []))
+        if not args.all and not t.differs:
+            continue
+        r = ["*" if t.differs else "", t.name, t.a_type or "-", f"{t.a_bpw:.3f}" if t.a_type else "-",
+             t.b_type or "-", f"{t.b_bpw:.3f}" if t.b_type else "-", human_bytes(t.a_bytes), human_bytes(t.b_bytes)]
+        if err:
+            r += [_num(t.a_rel_rmse) if t.a_rel_rmse is not None else "-",
+                  _num(t.b_rel_rmse) if t.b_rel_rmse is not None else "-"]
+        rows.append(r)
+    if rows:
+        print(_table(rows, head, right={3, 5, 6, 7, 8, 9}))
+    tot = c.totals()
+    print(f"\nA {c.a}: {human_bytes(tot['a_file_size'])}, {tot['a_bpw']:.3f} bits/weight")
+    print(f"B {c.b}: {human_bytes(tot['b_file_size'])}, {tot['b_bpw']:.3f} bits/weight")
+    print(f"{tot['different']} of {tot['tensors']} tensors have different types"
+          + ("" if args.all else " (listed; --all lists every tensor)"))
+    if c.added or c.removed or c.changed:
+        print("metadata:")
+        for k, v in c.removed.items():
+            print(f"  - {k} = {_short(v)}")
+        for k, v in c.added.items():
+            print(f"  + {k} = {_short(v)}")
+        for k, (x, y) in c.changed.items():
+            print(f"  ~ {k}: {_short(x)} -> {_short(y)}")
+    else:
+        print("metadata: identical")
+    return 0
+
+
+def cmd_set_metadata(args) -> int:
+    from .metadata_edit import parse_assignment, set_metadata
+    from .models import open_model
+
+    with open_model(args.input) as src:
+        current = {k.key: k for k in src.kv} if getattr(src, "kv", None) else {}
+        changes = [parse_assignment(a, current.get(a.partition("=")[0].partition(":")[0].strip()))
+                   for a in args.changes]
+        if not changes and not args.remove:
+            raise QuantStudioError("nothing to change: give KEY=VALUE ... or --remove KEY")
+        set_metadata(src, args.output, changes, args.remove or ())
+    print(f"wrote {args.output}: {len(changes)} keys set, {len(args.remove or ())} removed, tensors copied as they are")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import demo_model_path
 
     args.input = demo_model_path()
     for k in ("preset", "plan", "imatrix", "tensor_type", "layer_type", "keep", "token_embedding_type",
-              "output_tensor_type", "save_plan", "manual"):
+              "output_tensor_type", "save_plan", "manual", "recipe_from"):
         setattr(args, k, None)
-    args.pure = args.dry_run = args.leave_output_tensor = False
+    args.pure = args.dry_run = args.leave_output_tensor = args.verify = False
     os.makedirs(args.output_dir, exist_ok=True)
     args.output = os.path.join(args.output_dir, f"SmolLM2-135M-Instruct.{args.type.upper()}.gguf")
     print(f"demo: quantizing {args.input} to {args.type.upper()}")
@@ -350,16 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split the output into shards of at most SIZE (e.g. 500M, 2G), named like gguf-split")
         q.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    pq = sub.add_parser("quantize", help="quantize a model to GGUF with a llama-quantize preset, a type or a plan",
+    pq = sub.add_parser("quantize", help="quantize a model to GGUF with a llama-quantize preset, a type, a plan "
+                        "or another file's recipe",
                         description="Quantize a GGUF, safetensors file or Hugging Face folder to GGUF. Give one of "
                         "--preset (llama-quantize's file types and per-tensor rules), --type (every quantizable "
-                        "tensor to one type, as llama-quantize --pure) or --plan.")
+                        "tensor to one type, as llama-quantize --pure), --plan or --recipe-from.")
     pq.add_argument("input", help="source model")
     pq.add_argument("output", help="output .gguf path")
     pq.add_argument("--preset", help="llama-quantize file type: Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, "
                     "Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, BF16, F32")
     pq.add_argument("--type", help="one GGUF type for every quantizable tensor (llama-quantize --pure), e.g. Q8_0")
     pq.add_argument("--plan", help="a plan saved as JSON (by --save-plan or the studio)")
+    pq.add_argument("--recipe-from", metavar="OTHER.gguf",
+                    help="every tensor gets the type it has in OTHER.gguf (its mix, order and file type); "
+                    "tensors whose rows cannot take it fall back as llama.cpp does")
     pq.add_argument("--pure", action="store_true", help="with --preset: no per-tensor rules, one type")
     pq.add_argument("--imatrix", help="importance matrix (llama-imatrix .gguf or legacy .dat)")
     pq.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE",
@@ -376,7 +497,36 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("--save-plan", metavar="FILE", help="write the plan as JSON")
     pq.add_argument("--dry-run", action="store_true", help="print the per-tensor plan, predicted size and bpw; "
                     "write nothing")
+    pq.add_argument("--verify", action="store_true", help="check the written file (as `verify FILE --source INPUT`); "
+                    "exit 2 when it has a defect")
     add_run_args(pq)
+
+    pv = sub.add_parser("verify", help="check a GGUF: structure against gguf-py, every tensor decodes, and "
+                        "with --source each tensor's error is what its type gives",
+                        description="Exit status 0 for a sound file, 2 for a defect (each one named).")
+    pv.add_argument("file", help="the GGUF to check")
+    pv.add_argument("--source", help="the model it was made from (GGUF, safetensors or Hugging Face folder)")
+    pv.add_argument("--json", action="store_true", help="machine-readable report")
+    pv.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+
+    pf = sub.add_parser("diff", help="two GGUF quants side by side: per-tensor types, sizes, metadata "
+                        "(and each file's error with --source)")
+    pf.add_argument("a", help="first GGUF")
+    pf.add_argument("b", help="second GGUF")
+    pf.add_argument("--source", help="the model both were made from: adds each file's error per tensor")
+    pf.add_argument("--all", action="store_true", help="list every tensor, not only those whose types differ")
+    pf.add_argument("--json", action="store_true", help="machine-readable output")
+    pf.add_argument("--threads", type=int, default=None, help="worker threads")
+
+    pm = sub.add_parser("set-metadata", help="write a copy of a GGUF with metadata changed (tensors copied "
+                        "as they are, no requantization)",
+                        description="KEY=VALUE keeps the type the key has (else infers it); KEY:TYPE=VALUE sets "
+                        "it (u8 i8 u16 i16 u32 i32 u64 i64 f32 f64 bool str, arr[T] with a JSON list); "
+                        "KEY=@FILE takes a file's text, e.g. tokenizer.chat_template=@template.jinja.")
+    pm.add_argument("input", help="GGUF to read")
+    pm.add_argument("output", help="GGUF to write")
+    pm.add_argument("changes", nargs="*", metavar="KEY=VALUE")
+    pm.add_argument("--remove", action="append", metavar="KEY", help="drop this key (repeatable)")
 
     pd = sub.add_parser("demo", help="quantize the built-in demo model (SmolLM2-135M) and print the result")
     pd.add_argument("--type", default="Q8_0", help="GGUF type (default Q8_0)")
@@ -385,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = ("inspect", "quantize", "demo")
+COMMANDS = ("inspect", "quantize", "verify", "diff", "set-metadata", "demo")
 
 
 def wants_gui(argv: Sequence[str]) -> bool:
@@ -405,7 +555,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"inspect": cmd_inspect, "quantize": cmd_quantize, "demo": cmd_demo}[args.command]
+    handler = {"inspect": cmd_inspect, "quantize": cmd_quantize, "verify": cmd_verify, "diff": cmd_diff,
+               "set-metadata": cmd_set_metadata, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except QuantStudioError as e:

@@ -261,23 +261,18 @@ QUANTIZATION_VERSION = 2          # GGML_QNT_VERSION
 
 
 def output_kv(source, plan, extra: Optional[list[KV]] = None) -> list[KV]:
-    """The source's metadata with general.file_type and general.quantization_version set (in place
-    when present, appended otherwise, as llama-quantize does) and split keys dropped."""
+    """The source's metadata with split keys dropped and general.quantization_version,
+    general.file_type and ``extra`` set, each as gguf_set_val does in llama-quantize: an existing
+    entry of that key is removed and the new one appended at the end."""
     kv = getattr(source, "kv", None)
     if kv is None:
         raise UnsupportedError("writing a GGUF needs GGUF metadata; this source has none "
                                "(a Hugging Face checkpoint must be converted)", source.path)
-    out = [k for k in kv if not k.key.startswith("split.")]
     sets = [KV("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32),
             KV("general.file_type", plan.file_type, GGUFValueType.UINT32)] + list(extra or [])
-    for new in sets:
-        for i, k in enumerate(out):
-            if k.key == new.key:
-                out[i] = new
-                break
-        else:
-            out.append(new)
-    return out
+    keys = {k.key for k in sets}
+    out = [k for k in kv if not k.key.startswith("split.") and k.key not in keys]
+    return out + sets
 
 
 def layout_for(source, plan, output: str, split_max_size: Optional[int] = None,

@@ -53,6 +53,12 @@ class GGUFSource(ModelSource):
     def architecture(self) -> Optional[str]:
         return self.metadata.get("general.architecture")
 
+    def data_span(self, name: str) -> tuple[int, int]:
+        """(offset in the file, size in bytes) of a tensor's data."""
+        self.tensor(name)
+        e = self._entries[name]
+        return e.offset, e.nbytes
+
     def raw(self, name: str) -> np.ndarray:
         self.tensor(name)
         e = self._entries[name]
