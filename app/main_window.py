@@ -113,6 +113,9 @@ class MainWindow(QMainWindow):
         self.plan_panel.copyRequested.connect(self.copy_cli)
         self.plan_panel.copyLlamaRequested.connect(self.copy_llama)
         self.quantize.errorRaised.connect(self.show_error)
+        self.summary.errorRaised.connect(self.show_error)
+        self.summary.saved.connect(lambda p: self.status(f"Wrote {p} (metadata edited, tensors copied)", 10000))
+        self.s.verified.connect(self._verified)
         self.quantize.started.connect(self._job_started)
         self.quantize.done.connect(lambda r: self.status(f"Wrote {r.paths[0]}", 10000))
         self.quantize.stopped.connect(lambda why: self.status(f"Quantization {why}; no output was written", 10000))
@@ -155,6 +158,11 @@ class MainWindow(QMainWindow):
         self._action(f, "&Save Plan…", self.save_plan_dialog, QKeySequence.StandardKey.Save)
         self._action(f, "Load &imatrix…", self.imatrix_dialog, "Ctrl+I")
         f.addSeparator()
+        self._action(f, "&Compare GGUF Files…", self.compare_dialog, "Ctrl+Shift+D",
+                     "Two quants side by side: per-tensor types, sizes, errors and metadata")
+        self._action(f, "Use the &Mix of a GGUF…", self.recipe_dialog, None,
+                     "Give every tensor the type it has in another GGUF (its recipe)")
+        f.addSeparator()
         self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         e = mb.addMenu("&Edit")
         self._action(e, "&Find Tensor", self._focus_filter, QKeySequence.StandardKey.Find)
@@ -168,6 +176,8 @@ class MainWindow(QMainWindow):
         q = mb.addMenu("&Quantize")
         self.run_action = self._action(q, "&Run", self.run_quantize, "Ctrl+R", "Quantize with the current plan")
         self._action(q, "&Cancel", self.quantize.cancel, "Ctrl+.")
+        self._action(q, "&Verify a GGUF…", self.verify_dialog, None,
+                     "Check a GGUF's structure and every tensor (against the open model's weights)")
         h = mb.addMenu("&Help")
         self._action(h, "&About Quant Studio", self._about)
         self._refresh_recent()
@@ -382,6 +392,43 @@ class MainWindow(QMainWindow):
 
     def run_quantize(self):
         return self.quantize.start()
+
+    # -- compare, recipes, verify ---------------------------------------------------------------
+    def compare_dialog(self, a: str = "", b: str = ""):
+        from .compare_view import CompareDialog
+        if not a and self.s.source is not None and getattr(self.s.source, "kind", "") == "gguf":
+            a = self.s.path
+        d = CompareDialog(self.s, self, a, b)
+        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        d.show()
+        self.compare_view = d
+        return d
+
+    def recipe_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Use the mix of a GGUF", self._last_dir(),
+                                              "GGUF files (*.gguf);;All files (*)")
+        if path:
+            self.use_recipe(path)
+
+    def use_recipe(self, path: str):
+        h = self.s.use_recipe(path)
+        h.failed.connect(lambda e: self.show_error("Cannot use that file's mix", e))
+        h.succeeded.connect(lambda rec, p=path: self.status(
+            f"Plan: the mix of {os.path.basename(p)}" + (f" ({'; '.join(rec.notes()[:3])})" if rec.notes() else ""),
+            15000))
+        return h
+
+    def verify_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Verify a GGUF", self._last_dir(),
+                                              "GGUF files (*.gguf);;All files (*)")
+        if path:
+            self.status(f"Verifying {os.path.basename(path)}…", 0)
+            self.s.verify([path]).failed.connect(lambda e: self.show_error("Cannot verify", e))
+
+    def _verified(self, reports) -> None:
+        bad = [d for r in reports for d in r.defects]
+        names = ", ".join(os.path.basename(r.path) for r in reports)
+        self.status(f"{names}: {len(bad)} defects" if bad else f"{names}: sound", 15000)
 
     # -- recent files and settings ------------------------------------------------------------
     def recent_files(self) -> list[str]:

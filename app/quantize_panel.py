@@ -29,12 +29,14 @@ class QuantizePanel(QWidget):
         self.s = session
         self.handle: Optional[TaskHandle] = None
         self.result = None
+        self.verdict = None                      # the verify reports of the last file written
         self.output_path: Optional[str] = None
         self._t0 = 0.0
         self._pending = None
         self._log_lines: list[str] = []
         self._ui_timer = QTimer(self, singleShot=True, interval=200)
         self._ui_timer.timeout.connect(self._flush_progress)
+        session.verified.connect(self._verified)
 
         self.output = QLineEdit(placeholderText="output .gguf")
         self.browse = QPushButton("Browse…")
@@ -226,9 +228,26 @@ class QuantizePanel(QWidget):
             f"{res.bpw:.3f} bits/weight, {len(res.tensors)} tensors"
             + (f"; est. rel. RMSE {fmt.pct(pp.rel_rmse)} overall; largest: "
                + ", ".join(f"{t.name} {fmt.pct(t.metrics.rel_rmse)}" for t in worst) if ms else ""))
-        self.log.appendPlainText(f"done: {fmt.human_bytes(res.size)} in {res.seconds:.1f} s")
+        self.log.appendPlainText(f"done: {fmt.human_bytes(res.size)} in {res.seconds:.1f} s; verifying…")
         self.show_btn.setEnabled(True)
+        self.verdict = None
+        h = self.s.verify(res.paths)              # every written file is checked (core.verify)
+        h.failed.connect(lambda e: self.errorRaised.emit("Verification failed", e))
         self.done.emit(res)
+
+    def _verified(self, reports) -> None:
+        bad = [d for r in reports for d in r.defects]
+        self.verdict = reports
+        if bad:
+            self.log.appendPlainText("VERIFY: " + "; ".join(bad[:10]))
+            self.summary.setText(self.summary.text() + f"<br><b style='color:#e5484d'>Verification found "
+                                 f"{len(bad)} defects</b>: {bad[0]}")
+            self.errorRaised.emit("The written file has defects", "; ".join(bad[:5]))
+        else:
+            n = sum(len(r.tensors) for r in reports)
+            self.log.appendPlainText(f"verified: sound ({n} tensors decode; structure agrees with gguf-py; "
+                                     "each tensor's error is what its type gives)")
+            self.summary.setText(self.summary.text() + "<br>Verified: <b>sound</b>")
 
     def _failed(self, e) -> None:
         self._flush_log()

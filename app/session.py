@@ -79,6 +79,7 @@ class Session(QObject, PreviewsMixin):
     frontierReady = Signal(object)              # list of (label, nbytes, rel_rmse)
     imatrixChanged = Signal()
     warmupDone = Signal()
+    verified = Signal(object)                   # list of core.verify.VerifyReport (one per file written)
     backgroundError = Signal(str, object)      # what was being done, exception (shown in the status bar)
 
     def __init__(self, workers: Optional[Workers] = None, parent: Optional[QObject] = None):
@@ -323,6 +324,41 @@ class Session(QObject, PreviewsMixin):
             return self.imatrix.for_tensor(name, tuple(self.source.tensor(name).shape))
         except PlanError:
             return None
+
+    # -- recipes, verification, metadata -----------------------------------------------------
+    def use_recipe(self, path: str) -> TaskHandle:
+        """Give every tensor the type it has in the GGUF at ``path`` (core.recipe); ``succeeded``
+        carries the recipe's notes (fallbacks, tensors found in only one of the two)."""
+        src = self.source
+
+        def work():
+            from core.models import open_model
+            from core.recipe import recipe_plan
+            if src is None:
+                raise PlanError("open a model first")
+            with open_model(path) as other:
+                return recipe_plan(src, other, has_imatrix=self.imatrix is not None)
+
+        self._replace("recipe")
+        h = self._track("recipe", self.workers.run_here(work, "recipe"), False)
+        h.succeeded.connect(self._bind(lambda m, rec: self._recipe_applied(m, rec)))
+        return h
+
+    def _recipe_applied(self, m: ModelState, rec) -> None:
+        m.rules, m.plan = rec.plan.rules, rec.plan
+        self.planChanged.emit()
+        self._plan_timer.start()
+
+    def verify(self, paths: list[str]) -> TaskHandle:
+        """Check written files (core.verify) against the open model, in the background; ``verified``
+        then carries the reports."""
+        h = self._call("verify", "core.tasks:verify", list(paths), self.path, user=True)
+        h.succeeded.connect(self._bind(lambda m, reports: self.verified.emit(reports)))
+        return h
+
+    def save_metadata_as(self, output: str, changes: list, remove: list[str]) -> TaskHandle:
+        """A copy of the open GGUF with its metadata edited (core.metadata_edit), in the background."""
+        return self._call("metadata", "core.tasks:set_metadata", self.path, output, changes, remove, user=True)
 
     # -- quantizing -------------------------------------------------------------------------
     def quantize(self, output: str, threads: Optional[int] = None,

@@ -1,15 +1,27 @@
-"""Model summary (architecture, parameters, layers, size, types) and a metadata browser."""
+"""Model summary (architecture, parameters, layers, size, types) and a metadata browser whose values
+can be edited (double-click) and saved as a new GGUF without requantizing (core.metadata_edit)."""
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QFormLayout, QLabel, QLineEdit, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
-                               QWidget)
+import os
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtWidgets import (QFileDialog, QFormLayout, QHBoxLayout, QInputDialog, QLabel, QLineEdit,
+                               QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
+
+from core.errors import QuantStudioError
 
 from . import fmt
 from .session import Session
 
 
+EDITED = QBrush(QColor(255, 191, 0, 70))
+
+
 class SummaryPanel(QWidget):
+    errorRaised = Signal(str, object)
+    saved = Signal(str)                            # path of the file written with the edited metadata
+
     FIELDS = ("Name", "Architecture", "Format", "Parameters", "Layers", "Tensors", "Size", "Bits/weight",
               "Types", "Path")
 
@@ -31,13 +43,28 @@ class SummaryPanel(QWidget):
         self.tree.setRootIsDecorated(False)
         self.tree.setUniformRowHeights(True)
         self.tree.setColumnWidth(0, 230)
+        self.tree.setToolTip("Double-click a value to edit it; Save As writes a new GGUF with the tensors copied")
+        self.tree.itemDoubleClicked.connect(self._edit)
+        self.changes: dict[str, str] = {}          # key -> the new value as typed (parsed on save)
+        self.save_btn = QPushButton("Save As…")
+        self.save_btn.setToolTip("Write a copy of this GGUF with the edited metadata (no requantization)")
+        self.revert_btn = QPushButton("Revert")
+        self.edits_label = QLabel("")
+        self.save_btn.clicked.connect(self.save_dialog)
+        self.revert_btn.clicked.connect(self.revert)
+        bar = QHBoxLayout()
+        bar.addWidget(self.edits_label, 1)
+        bar.addWidget(self.revert_btn)
+        bar.addWidget(self.save_btn)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(QLabel("<b>Metadata</b>"))
         lay.addWidget(self.filter)
         lay.addWidget(self.tree, 1)
+        lay.addLayout(bar)
         session.modelOpened.connect(self.refresh)
         self.filter.textChanged.connect(self._filter)
+        self._update_edits()
 
     def refresh(self) -> None:
         src = self.s.source
@@ -57,6 +84,8 @@ class SummaryPanel(QWidget):
         v["Types"].setText(", ".join(f"{k} ×{n}" for k, n in sorted(sm["types"].items(), key=lambda kv: -kv[1])))
         v["Path"].setText(str(sm["path"]))
         v["Path"].setToolTip(str(sm["path"]))
+        self.changes = {}
+        self._update_edits()
         self.tree.clear()
         items = []
         for key, val in src.metadata.items():
@@ -65,6 +94,75 @@ class SummaryPanel(QWidget):
             items.append(it)
         self.tree.addTopLevelItems(items)
         self._filter(self.filter.text())
+
+    # -- editing ------------------------------------------------------------------------------
+    def editable(self) -> bool:
+        return self.s.source is not None and getattr(self.s.source, "kind", "") == "gguf"
+
+    def _edit(self, item: QTreeWidgetItem, _column: int) -> None:
+        if not self.editable():
+            return
+        key = item.text(0)
+        current = self.changes.get(key, self.s.source.metadata.get(key))
+        if isinstance(current, (list, tuple)) or hasattr(current, "shape"):
+            self.errorRaised.emit("Arrays are edited on the command line",
+                                  f"'{key}' is an array: use quant-studio set-metadata IN OUT '{key}=[...]'")
+            return
+        text, ok = QInputDialog.getMultiLineText(self, "Edit metadata", key, str(current))
+        if ok:
+            self.set_value(key, text)
+
+    def set_value(self, key: str, text: str) -> None:
+        """Record an edit of ``key`` (shown at once, written by :meth:`save_as`)."""
+        self.changes[key] = text
+        for i in range(self.tree.topLevelItemCount()):
+            it = self.tree.topLevelItem(i)
+            if it.text(0) == key:
+                break
+        else:
+            it = QTreeWidgetItem([key, ""])
+            self.tree.addTopLevelItem(it)
+        it.setText(1, fmt.short_value(text))
+        it.setToolTip(1, fmt.short_value(text, 2000))
+        for c in (0, 1):
+            it.setBackground(c, EDITED)
+        f = QFont(it.font(0))
+        f.setBold(True)
+        it.setFont(0, f)
+        self._update_edits()
+
+    def revert(self) -> None:
+        self.refresh()
+
+    def _update_edits(self) -> None:
+        n = len(self.changes)
+        self.edits_label.setText(f"{n} edited key{'s' if n != 1 else ''}" if n else "")
+        self.save_btn.setEnabled(bool(n) and self.editable())
+        self.revert_btn.setEnabled(bool(n))
+
+    def parsed_changes(self) -> list:
+        from core.metadata_edit import parse_assignment
+        current = {k.key: k for k in self.s.source.kv}
+        return [parse_assignment(f"{k}={v}", current.get(k)) for k, v in self.changes.items()]
+
+    def save_dialog(self) -> None:
+        src = self.s.source
+        stem, ext = os.path.splitext(src.path)
+        path, _ = QFileDialog.getSaveFileName(self, "Save with edited metadata", f"{stem}.edited{ext}",
+                                              "GGUF files (*.gguf)")
+        if path:
+            self.save_as(path)
+
+    def save_as(self, path: str):
+        try:
+            changes = self.parsed_changes()
+        except QuantStudioError as e:
+            self.errorRaised.emit("Cannot save the metadata", e)
+            return None
+        h = self.s.save_metadata_as(path, changes, [])
+        h.failed.connect(lambda e: self.errorRaised.emit("Cannot save the metadata", e))
+        h.succeeded.connect(self.saved.emit)
+        return h
 
     def _filter(self, text: str) -> None:
         t = text.lower()

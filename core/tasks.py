@@ -175,3 +175,41 @@ def quantize(ctx, path: str, plan, output: str, threads: Optional[int] = None,
     return run_plan(source(path), plan, output, threads=threads, split_max_size=split_max_size,
                     importances=importances,
                     extra_kv=extra_kv, progress=ctx.progress, cancel=ctx.cancel, on_tensor=ctx.post)
+
+
+def compare(ctx, a: str, b: str, source_path: Optional[str] = None, threads: int = 1):
+    """core.compare.compare of two GGUF files (with each file's error against ``source_path``)."""
+    from .compare import compare as run
+    return run(source(a), source(b), source(source_path) if source_path else None, threads=threads,
+               progress=ctx.progress, cancel=ctx.cancel)
+
+
+def compare_histograms(ctx, name: str, paths: Sequence[str], bins: int = 128, max_rows: int = 4096) -> dict:
+    """Histograms of tensor ``name`` in each model of ``paths`` (decoded; up to ``max_rows`` evenly spaced
+    rows), on common bins over the central 99.8 % (the tails are counted in the end bins):
+    ``{"edges": array, "counts": [array per path or None], "rows": n}``."""
+    models = [source(p) for p in paths]
+    infos = [m.tensor(name) if name in m else None for m in models]
+    n = next(i.n_rows for i in infos if i is not None)
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_rows)).astype(np.int64))
+    xs = [None if i is None or i.n_rows != n else np.concatenate([m.read_rows(name, int(r), int(r) + 1) for r in idx])
+          for m, i in zip(models, infos)]
+    finite = np.concatenate([x[np.isfinite(x)].ravel() for x in xs if x is not None])
+    lo, hi = (float(v) for v in np.quantile(finite, [0.001, 0.999])) if finite.size else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    return {"edges": edges, "rows": int(idx.size), "clipped": True,
+            "counts": [None if x is None else np.histogram(np.clip(x[np.isfinite(x)], edges[0], edges[-1]), edges)[0]
+                       for x in xs]}
+
+
+def verify(ctx, paths: Sequence[str], source_path: Optional[str] = None, threads: Optional[int] = None) -> list:
+    """core.verify.verify of each file (the shards of a split output), against ``source_path``."""
+    from .verify import verify as run
+    src = source(source_path) if source_path else None
+    return [run(p, src, threads=threads, progress=ctx.progress, cancel=ctx.cancel) for p in paths]
+
+
+def set_metadata(ctx, path: str, output: str, changes: list, remove: Sequence[str] = ()) -> str:
+    """core.metadata_edit.set_metadata: a copy of ``path`` with its metadata edited."""
+    from .metadata_edit import set_metadata as run
+    return run(source(path), output, changes, remove, progress=ctx.progress, cancel=ctx.cancel)

@@ -143,3 +143,21 @@ def test_set_metadata_copies_tensors_verbatim_and_llama_cpp_loads_it(quants, tmp
         assert r.returncode == 2 and msg in r.stderr and not os.path.exists(tmp_path / "x.gguf")
     r = _cli("set-metadata", quants["Q6_K"], str(tmp_path / "x.gguf"), "--remove", "general.architecture")
     assert r.returncode == 2 and not os.path.exists(tmp_path / "x.gguf")
+
+
+def test_set_metadata_copies_types_we_cannot_write(synthetic_path, tmp_path):
+    """An IQ4_NL file (llama-quantize's) is copied byte for byte: the copy never decodes a tensor."""
+    from gguf.constants import LlamaFileType
+
+    from tests.refs.llama import quantize as llama_quantize
+
+    iq = str(tmp_path / "iq4nl.gguf")
+    llama_quantize(synthetic_path, int(LlamaFileType.MOSTLY_IQ4_NL), output=iq, nthread=2)
+    assert "IQ4_NL" in open_model(iq).type_counts()
+    out = str(tmp_path / "iq4nl.named.gguf")
+    r = _cli("set-metadata", iq, out, "general.name=renamed")
+    assert r.returncode == 0, r.stderr
+    a, b = open_model(iq), open_model(out)
+    assert b.metadata["general.name"] == "renamed"
+    assert all(a.raw(t.name).tobytes() == b.raw(t.name).tobytes() for t in a.tensors)
+    assert _cli("verify", out).returncode == 0                   # gguf-py decodes IQ4_NL: sound
