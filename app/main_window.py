@@ -103,6 +103,8 @@ class MainWindow(QMainWindow):
         s.planChanged.connect(self._plan_changed)
         s.overlayReady.connect(self._overlay)
         s.warmupDone.connect(lambda: self.warm_label.setText("kernels ready"))
+        s.warmupProgress.connect(lambda what, n, total: self.warm_label.setText(
+            f"preparing kernels {n}/{total} ({what}); compiled once, then cached"))
         s.backgroundError.connect(self._background_error)
         self.table.tensorSelected.connect(self.select_tensor)
         self.heatmap.tensorClicked.connect(lambda name: self.table.select(name))
@@ -187,10 +189,12 @@ class MainWindow(QMainWindow):
         self.table.filter.selectAll()
 
     def _about(self) -> None:
-        from core import __version__
-        QMessageBox.about(self, "About Quant Studio",
-                          f"<b>Quant Studio</b> {__version__}<br>Inspect, plan, preview and quantize language "
-                          "models to GGUF for llama.cpp.")
+        QMessageBox.about(self, "About Quant Studio", self.about_text())
+
+    def about_text(self) -> str:
+        from core import formats_followed, package_version
+        return (f"<b>Quant Studio</b> {package_version()}<br>Inspect, plan, preview and quantize language "
+                f"models to GGUF for llama.cpp.<br><br>Follows: {formats_followed()}")
 
     # -- feedback -----------------------------------------------------------------------------
     def status(self, text: str, ms: int = 5000) -> None:

