@@ -118,6 +118,8 @@ class MainWindow(QMainWindow):
         self.summary.errorRaised.connect(self.show_error)
         self.summary.saved.connect(lambda p: self.status(f"Wrote {p} (metadata edited, tensors copied)", 10000))
         self.s.verified.connect(self._verified)
+        self.s.imatrixCarried.connect(lambda kept, how: self.status(
+            f"imatrix {'kept' if kept else 'dropped'} for this model: {how}", 15000))
         self.quantize.started.connect(self._job_started)
         self.quantize.done.connect(lambda r: self.status(f"Wrote {r.paths[0]}", 10000))
         self.quantize.stopped.connect(lambda why: self.status(f"Quantization {why}; no output was written", 10000))

@@ -155,6 +155,7 @@ class PlanPanel(QWidget):
         session.planChanged.connect(self.refresh)
         session.imatrixChanged.connect(self._imatrix)
         session.modelOpened.connect(self.refresh)
+        session.modelOpened.connect(self._imatrix)             # the imatrix label always follows the open model
         self.refresh()
 
     # -- from the session -------------------------------------------------------------------

@@ -78,6 +78,7 @@ class Session(QObject, PreviewsMixin):
     overlayReady = Signal(str, str, object)     # name, type, TensorStats of the dequantized sample
     frontierReady = Signal(object)              # list of (label, nbytes, rel_rmse)
     imatrixChanged = Signal()
+    imatrixCarried = Signal(bool, str)           # on opening a model: the imatrix was kept (or dropped), its match
     warmupDone = Signal()
     warmupProgress = Signal(str, int, int)      # what was just loaded or compiled, how many, of how many
     verified = Signal(object)                   # list of core.verify.VerifyReport (one per file written)
@@ -183,7 +184,14 @@ class Session(QObject, PreviewsMixin):
 
     def _opened(self, path: str, src) -> None:
         self.cancel_model_tasks()
+        old = self.model
         self.model = m = ModelState(src, path, getattr(src, "note", ""), PlanRules(preset=self.rules.preset))
+        if old.imatrix is not None:              # the loaded imatrix is re-matched against the new model
+            match = old.imatrix.match(src)
+            if match.matched and match.ok:
+                m.imatrix, m.imatrix_path, m.imatrix_match = old.imatrix, old.imatrix_path, match
+                m.rules = m.rules.replace(has_imatrix=True, imatrix_path=old.imatrix_path)
+            self.imatrixCarried.emit(bool(m.imatrix), match.summary())
         try:
             m.plan = plan_choices.build_plan(src, m.rules)
         except QuantStudioError:

@@ -80,14 +80,15 @@ def cmd_inspect(args) -> int:
         finally:
             bar.close()
     if args.json:
-        out = {"summary": summary, "metadata": {k: _jsonable(v) for k, v in src.metadata.items()},
+        out = {"summary": summary, "metadata": _jsonable(src.metadata, args.full),   # a vocabulary: summarized
                "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.dtype, "nbytes": t.nbytes,
                             **({"stats": stats[t.name].to_dict()} if t.name in stats else {})}
                            for t in src.tensors]}
-        json.dump(out, sys.stdout, indent=1)
+        json.dump(_jsonable(out, True), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
-    print(f"{summary['name']}  ({summary['format']}, {summary['architecture'] or 'unknown architecture'})")
+    shards = f", {summary['shards']} shards" if summary.get("shards") else ""
+    print(f"{summary['name']}  ({summary['format']}, {summary['architecture'] or 'unknown architecture'}{shards})")
     print(f"  {summary['n_tensors']} tensors, {human_count(summary['n_params'])} parameters, "
           f"{summary['n_layers']} layers, {human_bytes(summary['n_bytes'])}, {summary['bpw']:.2f} bits/weight")
     print("  types: " + ", ".join(f"{k} x{v}" for k, v in sorted(summary["types"].items())))
@@ -111,9 +112,24 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _jsonable(v):
+SUMMARY_ITEMS = 16              # long arrays in --json output: their length and this many first items
+
+
+def _jsonable(v, full: bool = False):
+    """``v`` as JSON data: numpy arrays and scalars as lists and numbers, bytes as text, NaN/Inf as
+    strings; arrays longer than SUMMARY_ITEMS summarized as {"length", "first"} unless ``full``."""
+    import numpy as np
+
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    elif isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x, full) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v[:64]] + (["…"] if len(v) > 64 else [])
+        if not full and len(v) > SUMMARY_ITEMS:
+            return {"length": len(v), "first": [_jsonable(x, full) for x in v[:SUMMARY_ITEMS]]}
+        return [_jsonable(x, full) for x in v]
     if isinstance(v, bytes):
         return v.decode("utf-8", "replace")
     if isinstance(v, float) and not math.isfinite(v):
@@ -261,11 +277,11 @@ def _dry_run(src, plan, args, imatrix) -> int:
     _, extra = _imatrix_inputs(src, plan, imatrix)
     pred = predict_size(plan, src, args.split_max_size, extra_kv=extra)
     if args.json:
-        json.dump({"input": src.path, "preset": plan.preset, "file_size": pred.total,
+        json.dump(_jsonable({"input": src.path, "preset": plan.preset, "file_size": pred.total,
                    "shard_sizes": pred.shard_sizes, "bpw": pred.bpw, "tensor_bytes": pred.tensor_bytes,
                    "warnings": plan.warnings,
                    "tensors": [{"name": e.name, "type": e.type, "reason": e.reason, "nbytes": t.nbytes,
-                                "bpw": t.bpw} for e, t in zip(plan.entries, pred.tensors)]}, sys.stdout, indent=1)
+                                "bpw": t.bpw} for e, t in zip(plan.entries, pred.tensors)]}, True), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     rows = [[e.name, e.src_type, e.type, human_bytes(t.nbytes), f"{t.bpw:.3f}", e.reason]
@@ -306,7 +322,7 @@ def _run(src, plan, args, imatrix=None) -> int:
                "tensors": [{"name": t.name, "type": t.type, "nbytes": t.nbytes, "seconds": t.seconds}
                            for t in result.tensors]}
     if args.json:
-        json.dump(summary, sys.stdout, indent=1)
+        json.dump(_jsonable(summary, True), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     counts: dict[str, int] = {}
@@ -324,7 +340,7 @@ def _run(src, plan, args, imatrix=None) -> int:
 def _print_verify(report, as_json: bool) -> int:
     """The verify report on stdout (or stderr next to a quantize summary); 0 when sound, 2 otherwise."""
     if as_json:
-        json.dump(report.to_dict(), sys.stdout, indent=1)
+        json.dump(_jsonable(report.to_dict(), True), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         measured = [t for t in report.tensors if t.rel_rmse is not None]
@@ -371,7 +387,7 @@ def cmd_diff(args) -> int:
     finally:
         bar.close()
     if args.json:
-        json.dump(c.to_dict(), sys.stdout, indent=1)
+        json.dump(_jsonable(c.to_dict(), True), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     err = source is not None
@@ -454,11 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)          # also after the command: `inspect X --debug`
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
 
-    pi = sub.add_parser("inspect", help="model summary and per-tensor statistics")
+    pi = sub.add_parser("inspect", parents=[common], help="model summary and per-tensor statistics")
     pi.add_argument("model", help="GGUF file, .safetensors file or Hugging Face folder")
     pi.add_argument("--json", action="store_true", help="machine-readable output")
     pi.add_argument("--no-stats", action="store_true", help="list tensors from the headers only")
+    pi.add_argument("--full", action="store_true", help="with --json: every array in full (a vocabulary too); "
+                    f"by default arrays longer than {SUMMARY_ITEMS} give their length and first items")
     pi.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
 
     def add_run_args(q):
@@ -467,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split the output into shards of at most SIZE (e.g. 500M, 2G), named like gguf-split")
         q.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    pq = sub.add_parser("quantize", help="quantize a model to GGUF with a llama-quantize preset, a type, a plan "
+    pq = sub.add_parser("quantize", parents=[common], help="quantize a model to GGUF with a llama-quantize preset, a type, a plan "
                         "or another file's recipe",
                         description="Quantize a GGUF, safetensors file or Hugging Face folder to GGUF. Give one of "
                         "--preset (llama-quantize's file types and per-tensor rules), --type (every quantizable "
@@ -501,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "exit 2 when it has a defect")
     add_run_args(pq)
 
-    pv = sub.add_parser("verify", help="check a GGUF: structure against gguf-py, every tensor decodes, and "
+    pv = sub.add_parser("verify", parents=[common], help="check a GGUF: structure against gguf-py, every tensor decodes, and "
                         "with --source each tensor's error is what its type gives",
                         description="Exit status 0 for a sound file, 2 for a defect (each one named).")
     pv.add_argument("file", help="the GGUF to check")
@@ -509,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--json", action="store_true", help="machine-readable report")
     pv.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
 
-    pf = sub.add_parser("diff", help="two GGUF quants side by side: per-tensor types, sizes, metadata "
+    pf = sub.add_parser("diff", parents=[common], help="two GGUF quants side by side: per-tensor types, sizes, metadata "
                         "(and each file's error with --source)")
     pf.add_argument("a", help="first GGUF")
     pf.add_argument("b", help="second GGUF")
@@ -518,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--json", action="store_true", help="machine-readable output")
     pf.add_argument("--threads", type=int, default=None, help="worker threads")
 
-    pm = sub.add_parser("set-metadata", help="write a copy of a GGUF with metadata changed (tensors copied "
+    pm = sub.add_parser("set-metadata", parents=[common], help="write a copy of a GGUF with metadata changed (tensors copied "
                         "as they are, no requantization)",
                         description="KEY=VALUE keeps the type the key has (else infers it); KEY:TYPE=VALUE sets "
                         "it (u8 i8 u16 i16 u32 i32 u64 i64 f32 f64 bool str, arr[T] with a JSON list); "
@@ -528,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("changes", nargs="*", metavar="KEY=VALUE")
     pm.add_argument("--remove", action="append", metavar="KEY", help="drop this key (repeatable)")
 
-    pd = sub.add_parser("demo", help="quantize the built-in demo model (SmolLM2-135M) and print the result")
+    pd = sub.add_parser("demo", parents=[common], help="quantize the built-in demo model (SmolLM2-135M) and print the result")
     pd.add_argument("--type", default="Q8_0", help="GGUF type (default Q8_0)")
     pd.add_argument("--output-dir", default=os.path.join(os.getcwd(), "demo-output"))
     add_run_args(pd)

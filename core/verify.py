@@ -200,7 +200,7 @@ def verify(path: str, source=None, *, threads: Optional[int] = None, progress: P
         raise SourceError("no such file", path)
     report = VerifyReport(path, os.path.getsize(path), getattr(source, "path", None))
     try:
-        ours = open_file(path)
+        ours = open_file(path, whole_split=False)          # this one file, even a shard of a split
     except QuantStudioError as e:
         report.problems.append(f"cannot be read: {e.message}")
         return report

@@ -11,8 +11,9 @@ from .base import ModelSource, TensorInfo, layer_of
 __all__ = ["open_file", "ModelSource", "TensorInfo", "layer_of"]
 
 
-def open_file(path: "str | os.PathLike") -> ModelSource:
-    """Open a GGUF file, a .safetensors file or a Hugging Face folder (headers only; data stays mapped)."""
+def open_file(path: "str | os.PathLike", whole_split: bool = True) -> ModelSource:
+    """Open a GGUF file, a .safetensors file or a Hugging Face folder (headers only; data stays mapped).
+    A shard of a split GGUF opens as the whole model (every shard), unless ``whole_split`` is False."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise SourceError("no such file or folder", path)
@@ -26,7 +27,12 @@ def open_file(path: "str | os.PathLike") -> ModelSource:
         raise SourceError(f"cannot open: {e.strerror or e}", path) from None
     if head[:4] == b"GGUF" or path.lower().endswith(".gguf"):
         from .gguf_source import GGUFSource
-        return GGUFSource(path)
+        src = GGUFSource(path)
+        if whole_split:
+            from .gguf_split import SplitGGUFSource, is_split
+            if is_split(src):
+                return SplitGGUFSource(path, src)
+        return src
     if path.lower().endswith(".safetensors") or len(head) == 8:
         from .safetensors_source import SafetensorsSource
         if path.lower().endswith(".safetensors"):

@@ -85,3 +85,48 @@ def test_dropping_a_file_on_the_window(qtbot, window, synthetic_path, tmp_path):
     with qtbot.waitSignal(win.errorShown, timeout=10000):
         _drop(win, str(bad))
     assert win.s.path == synthetic_path                  # the open model stays
+
+
+def test_imatrix_follows_the_model_that_is_opened(qtbot, window, synthetic_path, synthetic_f16_path, demo_path,
+                                                  tmp_path):
+    """Opening another model re-matches the loaded imatrix: kept (and said so) when it fits, dropped
+    visibly when it does not; the label, the plan, the copied command and the plan JSON agree."""
+    import json
+
+    from core.imatrix import ImatrixData
+
+    win = window
+    open_model(qtbot, win, synthetic_path)
+    good = str(tmp_path / "syn.imatrix.gguf")
+    ImatrixData.random_for(win.s.source.tensors).save(good)
+    with qtbot.waitSignal(win.load_imatrix(good).finished, timeout=10000):
+        pass
+    with qtbot.waitSignal(win.s.imatrixCarried, timeout=20000) as sig:         # same tensors (F16 copy)
+        win.open_path(synthetic_f16_path)
+    assert sig.args[0] is True and "tensors matched" in sig.args[1]
+    qtbot.waitUntil(lambda: win.s.path == synthetic_f16_path, timeout=20000)
+    assert win.s.imatrix is not None and "syn.imatrix.gguf" in win.plan_panel.imatrix_label.text()
+    assert "--imatrix" in win.cli_command() and win.s.plan.rules.has_imatrix
+    plan_file = str(tmp_path / "plan.json")
+    assert win.save_plan(plan_file)
+    assert json.load(open(plan_file))["rules"]["imatrix_path"] == good
+    with qtbot.waitSignal(win.s.imatrixCarried, timeout=20000) as sig:         # another model: dropped
+        win.open_path(demo_path)
+    assert sig.args[0] is False
+    qtbot.waitUntil(lambda: win.s.path == demo_path, timeout=20000)
+    assert win.s.imatrix is None and win.plan_panel.imatrix_label.text() == "none"
+    assert "--imatrix" not in win.cli_command() and not win.s.plan.rules.has_imatrix
+
+
+def test_a_shard_opens_the_whole_split_model(qtbot, window, demo_path, tmp_path):
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "demo.gguf")
+    r = subprocess.run([sys.executable, "-m", "core.cli", "quantize", demo_path, out, "--type", "Q8_0",
+                        "--split-max-size", "40M"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    shard = sorted(str(p) for p in tmp_path.iterdir() if p.name.endswith(".gguf"))[1]
+    open_model(qtbot, window, shard)
+    assert len(window.s.source.tensors) == 272 and window.s.source.n_layers == 30
+    assert window.table.model.rowCount() >= 272
