@@ -216,6 +216,7 @@ class ErrorMetrics:
     cosine: float
     rel_rmse_se: float = 0.0
     rel_rmse_ci: tuple[float, float] = (0.0, 0.0)
+    cosine_ci: tuple[float, float] = (1.0, 1.0)
     confidence: float = 0.95
     weighted: bool = False        # importance weights given
     weighted_rel_rmse: Optional[float] = None
@@ -281,6 +282,19 @@ class _Est:
         var = self.fpc * float(np.var(z, ddof=1)) / n / (d_tot * d_tot)
         return r, math.sqrt(max(var, 0.0))
 
+    def cosine(self) -> tuple[float, float]:
+        """cos = XY / sqrt(S * Y2), every total estimated from the same draws (the known S would bias
+        it: a ratio needs its parts from one sample), and its standard error (linearization)."""
+        t0, t2, t3 = (float(self.tot[i]) for i in (0, 2, 3))
+        if t0 <= 0 or t3 <= 0:
+            return (1.0 if t0 == t3 == 0 else 0.0), 0.0
+        g = t2 / math.sqrt(t0 * t3)
+        if self.n < 2:
+            return g, 0.0
+        z = (self.st[:, 2] / t2 - self.st[:, 0] / (2 * t0) - self.st[:, 3] / (2 * t3)) * g * self.u if t2 else \
+            np.zeros(self.n)
+        return g, math.sqrt(max(self.fpc * float(np.var(z, ddof=1)) / self.n, 0.0))
+
 
 def _metrics(rows: _Rows, qtype, st: np.ndarray, weighted: bool, design: str, confidence: float, seconds: float,
              u: Optional[np.ndarray] = None, fpc: float = 0.0, known_s: Optional[float] = None,
@@ -293,8 +307,9 @@ def _metrics(rows: _Rows, qtype, st: np.ndarray, weighted: bool, design: str, co
         u, fpc, known_s = np.full(k, float(k)), 0.0, None
     est = _Est(st, u, fpc, known_s)
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    S, E, XY, Y2 = est.s, float(est.tot[1]), float(est.tot[2]), float(est.tot[3])
+    S, E = est.s, float(est.tot[1])
     r, r_se = est.ratio(1, 0)
+    cos, cos_se = est.cosine()
     rel = math.sqrt(r)
     m = ErrorMetrics(
         name=rows.name, type=info.name, shape=rows.shape,
@@ -303,7 +318,7 @@ def _metrics(rows: _Rows, qtype, st: np.ndarray, weighted: bool, design: str, co
         rmse=math.sqrt(E / rows.n_elements) if rows.n_elements else 0.0, rel_rmse=rel,
         snr_db=(10 * math.log10(S / E) if E > 0 and S > 0 else (math.inf if E == 0 else -math.inf)),
         max_abs_err=float(st[:, 4].max()) if k else 0.0,
-        cosine=XY / math.sqrt(S * Y2) if S > 0 and Y2 > 0 else (1.0 if S == Y2 == 0 else 0.0),
+        cosine=cos, cosine_ci=(cos, cos) if exact_ else (max(-1.0, cos - z * cos_se), min(1.0, cos + z * cos_se)),
         rel_rmse_se=r_se / (2 * rel) if rel > 0 else 0.0,
         rel_rmse_ci=(rel, rel) if exact_ else _sqrt_ci(r, r_se, z), confidence=confidence,
         weighted=weighted, sum_sq=S, sum_sq_err=E, seconds=seconds)
