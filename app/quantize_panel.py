@@ -111,10 +111,7 @@ class QuantizePanel(QWidget):
         base = os.path.basename(os.path.normpath(s.source.path))
         stem = base[:-5] if base.lower().endswith(".gguf") else base.rsplit(".safetensors", 1)[0]
         stem = stem.split(".")[0] if "." in stem else stem
-        folder = os.path.dirname(os.path.abspath(s.source.path))
-        if not os.access(folder, os.W_OK):
-            folder = os.path.expanduser("~")
-        self.output.setText(os.path.join(folder, f"{stem}.{s.rules.preset}.gguf"))
+        self.output.setText(os.path.join(default_output_folder(s.source.path), f"{stem}.{s.rules.preset}.gguf"))
         self.output.setProperty("auto", True)
 
     def set_output(self, path: str) -> None:
@@ -144,13 +141,16 @@ class QuantizePanel(QWidget):
                 from core.errors import OutputError
                 raise OutputError("choose an output file first")
             if self.split.text().strip():
-                from core.cli import parse_size
-                import argparse
+                from core.units import parse_size
                 try:
                     split = parse_size(self.split.text())
-                except argparse.ArgumentTypeError as e:
+                except ValueError as e:
                     from core.errors import PlanError
                     raise PlanError(str(e)) from None
+            src = self.s.source
+            is_input = src is not None and os.path.abspath(path) == os.path.abspath(src.path)   # refused below
+            if os.path.exists(path) and not is_input and not self.confirm_overwrite(path):
+                return None
             h = self.s.quantize(path, self.threads.value(), split)
         except QuantStudioError as e:
             self.errorRaised.emit("Cannot quantize", e)
@@ -175,6 +175,14 @@ class QuantizePanel(QWidget):
         h.finished.connect(self._finished)
         self.started.emit()
         return h
+
+    def confirm_overwrite(self, path: str) -> bool:
+        """Ask before an existing file is replaced (tests replace this method)."""
+        from PySide6.QtWidgets import QMessageBox
+        answer = QMessageBox.question(self, "Replace the file?", f"{path} exists. Replace it with the new output?",
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+                                      QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
 
     def cancel(self) -> None:
         if self.running:
@@ -269,6 +277,19 @@ class QuantizePanel(QWidget):
     def show_in_folder(self) -> None:
         if self.result is not None and self.result.paths:
             QDesktopServices.openUrl(QUrl.fromLocalFile(os.path.dirname(os.path.abspath(self.result.paths[0]))))
+
+
+def default_output_folder(source_path: str) -> str:
+    """The user's folder for an output: beside the source model when that folder is writable and not
+    inside the Python environment (the demo model lives there), else Documents, else home."""
+    import sys
+    folder = os.path.dirname(os.path.abspath(source_path))
+    envs = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, getattr(sys, "_MEIPASS", sys.prefix))}
+    inside_env = any(os.path.realpath(folder).startswith(e + os.sep) or os.path.realpath(folder) == e for e in envs)
+    if os.access(folder, os.W_OK) and not inside_env:
+        return folder
+    docs = os.path.join(os.path.expanduser("~"), "Documents")
+    return docs if os.path.isdir(docs) and os.access(docs, os.W_OK) else os.path.expanduser("~")
 
 
 def _set(bar: ProgressBar, value: int) -> None:

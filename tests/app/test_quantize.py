@@ -116,3 +116,33 @@ def test_clicking_through_tensors_while_quantizing(qtbot, window, demo_path, tmp
     qtbot.waitUntil(lambda: win.preview.name == last and win.preview.table.rowCount() > 0, timeout=30000)
     qtbot.waitUntil(lambda: win.quantize.result is not None, timeout=120000)
     assert os.path.getsize(out) == win.quantize.result.size == win.s.planned_bytes()
+
+
+def test_an_existing_output_is_replaced_only_when_confirmed(qtbot, window, synthetic_path, tmp_path):
+    win = window
+    open_model(qtbot, win, synthetic_path)
+    out = tmp_path / "exists.gguf"
+    out.write_bytes(b"keep me")
+    asked = []
+    win.quantize.confirm_overwrite = lambda p: asked.append(p) or False
+    win.quantize.set_output(str(out))
+    assert win.run_quantize() is None and asked == [str(out)] and out.read_bytes() == b"keep me"
+    win.quantize.confirm_overwrite = lambda p: True
+    h = win.run_quantize()
+    with qtbot.waitSignal(h.finished, timeout=120000):
+        pass
+    assert out.read_bytes()[:4] == b"GGUF"
+
+
+def test_default_output_folder_is_the_users(qtbot, window, demo_path, synthetic_path):
+    """Beside the model when that is the user's folder; never inside the Python environment (the demo
+    model lives there) -- and it follows the model that is open."""
+    import sys
+
+    win = window
+    open_model(qtbot, win, demo_path)
+    out = win.quantize.output.text()
+    assert not os.path.realpath(out).startswith(os.path.realpath(sys.prefix) + os.sep)
+    assert os.path.dirname(out) in (os.path.expanduser("~"), os.path.join(os.path.expanduser("~"), "Documents"))
+    open_model(qtbot, win, synthetic_path)
+    assert os.path.dirname(win.quantize.output.text()) == os.path.dirname(synthetic_path)
