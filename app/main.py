@@ -101,6 +101,7 @@ def self_test(screenshot: Optional[str] = None, timeout: float = SELF_TEST_TIMEO
             QTimer.singleShot(0, loop.quit)
 
     win = MainWindow(follow_system_theme=False)
+    win.ask_unsaved = lambda action, can_carry=False: "discard"     # unattended: no question
     # only kernels that compile quickly: on a cold Numba cache the K-quants alone take minutes
     win.s.candidate_types = ["F16", "Q8_0", "Q5_0", "Q4_0"]
     win.s.frontier_presets = ["F16", "Q8_0", "Q5_0", "Q4_0"]

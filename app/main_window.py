@@ -101,6 +101,7 @@ class MainWindow(QMainWindow):
         s.statsProgress.connect(self._stats_progress)
         s.planErrorReady.connect(lambda _: soon(self._heat_timer))
         s.planChanged.connect(self._plan_changed)
+        s.planChanged.connect(self._update_title)
         s.overlayReady.connect(self._overlay)
         s.warmupDone.connect(lambda: self.warm_label.setText("kernels ready"))
         s.warmupProgress.connect(lambda what, n, total: self.warm_label.setText(
@@ -169,6 +170,11 @@ class MainWindow(QMainWindow):
         f.addSeparator()
         self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         e = mb.addMenu("&Edit")
+        self.undo_action = self._action(e, "&Undo Plan Edit", self.s.undo, QKeySequence.StandardKey.Undo)
+        self.redo_action = self._action(e, "&Redo Plan Edit", self.s.redo, "Ctrl+Shift+Z")
+        self.s.historyChanged.connect(self._history)
+        self._history()
+        e.addSeparator()
         self._action(e, "&Find Tensor", self._focus_filter, QKeySequence.StandardKey.Find)
         self._action(e, "&Copy CLI Command", self.copy_cli, "Ctrl+Shift+C")
         v = mb.addMenu("&View")
@@ -185,6 +191,17 @@ class MainWindow(QMainWindow):
         h = mb.addMenu("&Help")
         self._action(h, "&About Quant Studio", self._about)
         self._refresh_recent()
+
+    def _history(self) -> None:
+        m = self.s.model
+        self.undo_action.setEnabled(bool(m.undo))
+        self.redo_action.setEnabled(bool(m.redo))
+        self._update_title()
+
+    def _update_title(self) -> None:
+        """"Quant Studio — MODEL", with " *" while the plan has unsaved edits."""
+        src = self.s.source
+        self.setWindowTitle("Quant Studio" + (f" — {src.name}" + (" *" if self.s.dirty else "") if src else ""))
 
     def _focus_filter(self) -> None:
         self.table.filter.setFocus()
@@ -233,7 +250,37 @@ class MainWindow(QMainWindow):
 
     # -- opening ------------------------------------------------------------------------------
     def open_path(self, path: str) -> None:
+        if self.s.dirty:
+            choice = self.ask_unsaved("Open another model", self._same_arch(path))
+            if choice == "cancel":
+                return
+            if choice == "save" and not self.save_plan_dialog():
+                return
+            self.s.carry_rules = choice == "carry"
         self.s.open(path)
+
+    def _same_arch(self, path: str) -> bool:
+        """Whether ``path`` (a GGUF) has the open model's architecture (then the rules may carry over)."""
+        try:
+            from core.sources import open_file
+            with open_file(path) as other:
+                return other.architecture == self.s.source.architecture
+        except (QuantStudioError, OSError):
+            return False
+
+    def ask_unsaved(self, action: str, can_carry: bool = False) -> str:
+        """The plan has unsaved edits: "save", "discard", "carry" (keep the rules for the next model, which
+        has the same architecture) or "cancel". Tests replace this method."""
+        box = QMessageBox(QMessageBox.Icon.Question, action, "The plan has edits that are not saved.", parent=self)
+        box.setInformativeText("Save the plan first, discard the edits"
+                               + (", or keep the rules for the next model (same architecture)?" if can_carry else "?"))
+        buttons = {box.addButton("Save Plan…", QMessageBox.ButtonRole.AcceptRole): "save",
+                   box.addButton("Discard", QMessageBox.ButtonRole.DestructiveRole): "discard",
+                   box.addButton(QMessageBox.StandardButton.Cancel): "cancel"}
+        if can_carry:
+            buttons[box.addButton("Keep Rules", QMessageBox.ButtonRole.YesRole)] = "carry"
+        box.exec()
+        return buttons.get(box.clickedButton(), "cancel")
 
     def open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open model", self._last_dir(), MODEL_FILTER)
@@ -258,7 +305,7 @@ class MainWindow(QMainWindow):
 
     def _opened(self) -> None:
         src = self.s.source
-        self.setWindowTitle(f"Quant Studio — {src.name}")
+        self._update_title()
         self._add_recent(self.s.path)
         self.hist.clear()
         self.channels.clear()
@@ -321,12 +368,11 @@ class MainWindow(QMainWindow):
                 self._request_overlay()
 
     # -- plan files, imatrix, CLI ---------------------------------------------------------------
-    def save_plan_dialog(self) -> None:
+    def save_plan_dialog(self) -> bool:
         if self.s.plan is None:
-            return
+            return False
         path, _ = QFileDialog.getSaveFileName(self, "Save plan", self._plan_name(), "Plan (*.json)")
-        if path:
-            self.save_plan(path)
+        return bool(path) and self.save_plan(path)
 
     def _plan_name(self) -> str:
         return os.path.join(self._last_dir(), f"{self.s.source.name}.{self.s.rules.preset}.plan.json")
@@ -508,6 +554,11 @@ class MainWindow(QMainWindow):
             self.open_path(path)
 
     def closeEvent(self, ev) -> None:
+        if self.s.dirty:
+            choice = self.ask_unsaved("Quit Quant Studio")
+            if choice == "cancel" or (choice == "save" and not self.save_plan_dialog()):
+                ev.ignore()
+                return
         st = theme.settings()
         st.setValue("window/geometry", self.saveGeometry())
         st.setValue("window/state", self.saveState())

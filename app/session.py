@@ -50,6 +50,9 @@ class ModelState:
     imatrix_path: Optional[str] = None
     imatrix_match: Any = None
     size: Optional[tuple] = None                     # (plan, its predicted output bytes)
+    undo: list = field(default_factory=list)         # earlier (rules, plan), the latest last
+    redo: list = field(default_factory=list)
+    saved_rules: Optional[PlanRules] = None          # the rules as opened, loaded or last saved
 
     def forget_previews(self) -> None:
         """Previews depend on the importance matrix: drop them when it changes."""
@@ -78,7 +81,8 @@ class Session(QObject, PreviewsMixin):
     overlayReady = Signal(str, str, object)     # name, type, TensorStats of the dequantized sample
     frontierReady = Signal(object)              # list of (label, nbytes, rel_rmse)
     imatrixChanged = Signal()
-    imatrixCarried = Signal(bool, str)           # on opening a model: the imatrix was kept (or dropped), its match
+    imatrixCarried = Signal(bool, str)
+    historyChanged = Signal()                   # undo/redo availability changed           # on opening a model: the imatrix was kept (or dropped), its match
     warmupDone = Signal()
     warmupProgress = Signal(str, int, int)      # what was just loaded or compiled, how many, of how many
     verified = Signal(object)                   # list of core.verify.VerifyReport (one per file written)
@@ -88,6 +92,7 @@ class Session(QObject, PreviewsMixin):
         super().__init__(parent)
         self.workers = workers or Workers(parent=self)
         self.model = ModelState()
+        self.carry_rules = False                # the next model opened starts from the current rules
         self.warmed = False
         self.candidate_types: Optional[list[str]] = None     # None: every type core offers for a tensor
         self.frontier_presets: Optional[list[str]] = None    # None: every preset
@@ -185,22 +190,29 @@ class Session(QObject, PreviewsMixin):
     def _opened(self, path: str, src) -> None:
         self.cancel_model_tasks()
         old = self.model
-        self.model = m = ModelState(src, path, getattr(src, "note", ""), PlanRules(preset=self.rules.preset))
+        carry = self.carry_rules
+        self.carry_rules = False
+        start = old.rules.replace(manual=()) if carry else PlanRules(preset=self.rules.preset)
+        self.model = m = ModelState(src, path, getattr(src, "note", ""), start)
         if old.imatrix is not None:              # the loaded imatrix is re-matched against the new model
             match = old.imatrix.match(src)
             if match.matched and match.ok:
                 m.imatrix, m.imatrix_path, m.imatrix_match = old.imatrix, old.imatrix_path, match
                 m.rules = m.rules.replace(has_imatrix=True, imatrix_path=old.imatrix_path)
             self.imatrixCarried.emit(bool(m.imatrix), match.summary())
-        try:
-            m.plan = plan_choices.build_plan(src, m.rules)
-        except QuantStudioError:
-            names = plan_choices.preset_names()
-            m.rules = m.rules.replace(preset="Q8_0" if "Q8_0" in names else names[0])
+        names = plan_choices.preset_names()
+        fallbacks = [m.rules, PlanRules(preset=m.rules.preset, has_imatrix=m.rules.has_imatrix,
+                                        imatrix_path=m.rules.imatrix_path),
+                     PlanRules(preset="Q8_0" if "Q8_0" in names else names[0])]
+        for i, rules in enumerate(fallbacks):     # the rules as carried, the preset alone, Q8_0
             try:
-                m.plan = plan_choices.build_plan(src, m.rules)
-            except QuantStudioError as e:     # e.g. integer safetensors a GGUF cannot hold
-                self.backgroundError.emit("planning", e)
+                m.rules, m.plan = rules, plan_choices.build_plan(src, rules)
+                break
+            except QuantStudioError as e:
+                if i == len(fallbacks) - 1:       # e.g. integer safetensors a GGUF cannot hold
+                    self.backgroundError.emit("planning", e)
+        m.saved_rules = m.rules
+        self.historyChanged.emit()
         self.modelOpened.emit()
         self.start_stats()
         if m.plan is not None:
@@ -251,10 +263,41 @@ class Session(QObject, PreviewsMixin):
         except QuantStudioError as e:
             self.planFailed.emit(e)
             return False
+        self._replace_plan(rules, plan)
+        return True
+
+    def _replace_plan(self, rules: PlanRules, plan, record: bool = True) -> None:
+        """The one way a plan edit lands: the previous (rules, plan) goes on the undo stack."""
+        m = self.model
+        if record and m.plan is not None:
+            m.undo.append((m.rules, m.plan))
+            m.redo.clear()
         m.rules, m.plan = rules, plan
+        self.historyChanged.emit()
         self.planChanged.emit()
         self._plan_timer.start()
+
+    def undo(self) -> bool:
+        m = self.model
+        if not m.undo:
+            return False
+        m.redo.append((m.rules, m.plan))
+        self._replace_plan(*m.undo.pop(), record=False)
         return True
+
+    def redo(self) -> bool:
+        m = self.model
+        if not m.redo:
+            return False
+        m.undo.append((m.rules, m.plan))
+        self._replace_plan(*m.redo.pop(), record=False)
+        return True
+
+    @property
+    def dirty(self) -> bool:
+        """The plan was edited since the model was opened or the plan loaded or saved."""
+        m = self.model
+        return m.plan is not None and m.saved_rules is not None and m.rules != m.saved_rules
 
     def set_types(self, names: list[str], qtype: Optional[str]) -> bool:
         """Manual edit: ``names`` to ``qtype`` (only tensors llama.cpp would quantize); None clears
@@ -280,9 +323,8 @@ class Session(QObject, PreviewsMixin):
         for e in plan.entries:
             if tuple(m.source.tensor(e.name).shape) != tuple(e.shape):
                 raise PlanError(f"the plan's shape of '{e.name}' differs from the model's", path)
-        m.rules, m.plan = plan.rules, plan
-        self.planChanged.emit()
-        self._plan_timer.start()
+        self._replace_plan(plan.rules, plan)
+        m.saved_rules = plan.rules
 
     def save_plan(self, path: str) -> None:
         try:
@@ -290,6 +332,7 @@ class Session(QObject, PreviewsMixin):
                 f.write(self.plan.to_json())
         except OSError as e:
             raise OutputError(f"cannot write: {e.strerror or e}", path) from None
+        self.model.saved_rules = self.rules
 
     def planned_bytes(self) -> int:
         """Predicted output size of the current plan (computed once per plan)."""
@@ -361,9 +404,7 @@ class Session(QObject, PreviewsMixin):
         return h
 
     def _recipe_applied(self, m: ModelState, rec) -> None:
-        m.rules, m.plan = rec.plan.rules, rec.plan
-        self.planChanged.emit()
-        self._plan_timer.start()
+        self._replace_plan(rec.plan.rules, rec.plan)
 
     def verify(self, paths: list[str]) -> TaskHandle:
         """Check written files (core.verify) against the open model, in the background; ``verified``

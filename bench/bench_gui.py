@@ -42,6 +42,7 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="bench-gui-")
     theme.use_settings_file(os.path.join(work, "settings.ini"))
     win = MainWindow(follow_system_theme=False)
+    win.ask_unsaved = lambda action, can_carry=False: "discard"     # unattended: no question
     win.s.candidate_types = ["F16", "Q8_0", "Q5_0", "Q4_0"]     # no first-time K-quant compile in the figures
     win.s.frontier_presets = ["F16", "Q8_0", "Q5_0", "Q4_0"]
     win.resize(1500, 940)

@@ -40,6 +40,8 @@ def window(qtbot):
     win = MainWindow(follow_system_theme=False)
     win.s.candidate_types = FAST_TYPES
     win.s.frontier_presets = FAST_PRESETS
+    # unsaved plan edits: tests that do not ask about it discard them (a modal question would wait forever)
+    win.ask_unsaved = lambda action, can_carry=False: "discard"
     qtbot.addWidget(win)
     win.resize(1500, 940)
     win.show()

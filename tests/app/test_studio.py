@@ -213,3 +213,44 @@ def test_start_with_a_model_and_recent_files(qtbot, synthetic_path, demo_path):
         assert win2.s.path == demo_path
     finally:
         win2.close()
+
+
+def test_undo_redo_and_unsaved_edits_are_not_lost(qtbot, window, synthetic_path, synthetic_f16_path, tmp_path):
+    """Every plan edit can be undone and redone; opening another model or closing the window with
+    unsaved edits asks first (cancel keeps everything; "keep rules" carries them to a model of the same
+    architecture)."""
+    from .conftest import open_model as open_in
+
+    win = window
+    open_in(qtbot, win, synthetic_path)
+    s = win.s
+    assert not s.dirty and not win.undo_action.isEnabled()
+    first = {e.name: e.type for e in s.plan.entries}
+    s.set_preset("Q5_0")
+    s.set_types(["blk.0.ffn_down.weight"], "Q8_0")
+    assert s.dirty and win.windowTitle().endswith(" *") and win.undo_action.isEnabled()
+    edited = {e.name: e.type for e in s.plan.entries}
+    win.undo_action.trigger()
+    assert s.plan.entry("blk.0.ffn_down.weight").type == "Q5_0"
+    win.undo_action.trigger()
+    assert {e.name: e.type for e in s.plan.entries} == first and not s.dirty
+    win.redo_action.trigger()
+    win.redo_action.trigger()
+    assert {e.name: e.type for e in s.plan.entries} == edited and not win.redo_action.isEnabled()
+
+    asked = []
+    win.ask_unsaved = lambda action, can_carry=False: asked.append((action, can_carry)) or "cancel"
+    win.open_path(synthetic_f16_path)
+    qtbot.wait(200)                                        # (nothing may happen: the open was cancelled)
+    assert asked == [("Open another model", True)] and s.path == synthetic_path and s.dirty
+    win.ask_unsaved = lambda action, can_carry=False: "carry"
+    with qtbot.waitSignal(s.modelOpened, timeout=20000):
+        win.open_path(synthetic_f16_path)
+    assert s.path == synthetic_f16_path and s.rules.preset == "Q5_0" and not s.rules.manual
+    s.set_preset("Q8_0")
+    closing = []
+    win.ask_unsaved = lambda action, can_carry=False: closing.append(action) or "cancel"
+    win.close()
+    assert closing == ["Quit Quant Studio"] and win.isVisible()
+    plan_file = str(tmp_path / "p.json")
+    assert win.save_plan(plan_file) and not s.dirty
