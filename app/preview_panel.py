@@ -66,9 +66,12 @@ class PreviewPanel(QWidget):
             self.t[key] = lab
             g.addWidget(QLabel(key + ":"), i, 0)
             g.addWidget(lab, i, 1)
+        self.notes = QLabel("")                    # what the figures mean for this model (fallbacks, a quantized source)
+        self.notes.setWordWrap(True)
+        g.addWidget(self.notes, 5, 0, 1, 2)
         self.frontier = FrontierPlot()
         self.frontier.setToolTip("Size and estimated error of every preset for this model (★ = this plan)")
-        g.addWidget(self.frontier, 0, 2, 6, 1)
+        g.addWidget(self.frontier, 0, 2, 7, 1)
         g.setColumnStretch(2, 1)
 
         split = QSplitter()
@@ -205,6 +208,7 @@ class PreviewPanel(QWidget):
         if s.plan is None or s.source is None:
             for lab in self.t.values():
                 lab.setText("–")
+            self.notes.setText("")
             self.frontier.set_current(None, None)
             return
         pp = s.plan_preview()
@@ -218,4 +222,22 @@ class PreviewPanel(QWidget):
         rel = pp.rel_rmse if n_m else None
         self.t["Est. rel. RMSE"].setText(fmt.pct(rel) if rel is not None else "…")
         self.t["Estimated"].setText(f"{n_m} / {n_q} quantized tensors")
+        self.notes.setText(plan_notes(s.source, s.plan))
         self.frontier.set_current(size, rel if n_m == n_q else None)
+
+
+def plan_notes(source, plan) -> str:
+    """What a user must know to read the plan's figures: a source that is itself quantized (errors are
+    measured against its already-quantized weights), and a preset whose type most rows cannot take."""
+    notes = []
+    src_types = {t.dtype for t in source.tensors if t.ggml_type is not None and t.n_dims >= 2}
+    quantized = sorted(t for t in src_types if t not in ("F32", "F16", "BF16", "F64"))
+    if quantized:
+        notes.append(f"The source is already quantized ({', '.join(quantized)}): errors are measured against "
+                     "those weights, not the original ones.")
+    q = [e for e in plan.entries if e.quantize]
+    fell = [e for e in q if "fallback" in e.reason]
+    if q and len(fell) * 2 > len(q):
+        notes.append(f"{len(fell)} of {len(q)} tensors fall back to another type: their rows do not fit the "
+                     "preset's blocks (see the Reason column).")
+    return " ".join(notes)

@@ -273,6 +273,8 @@ class QuantizePanel(QWidget):
     def _finished(self) -> None:
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
+        self.tensor_label.setText("")            # the run is over: no current tensor, no ETA
+        self.eta.setText("")
 
     def show_in_folder(self) -> None:
         if self.result is not None and self.result.paths:

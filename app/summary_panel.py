@@ -100,9 +100,13 @@ class SummaryPanel(QWidget):
         return self.s.source is not None and getattr(self.s.source, "kind", "") == "gguf"
 
     def _edit(self, item: QTreeWidgetItem, _column: int) -> None:
-        if not self.editable():
-            return
         key = item.text(0)
+        if not self.editable():                   # a long value still opens whole, read-only
+            from PySide6.QtWidgets import QMessageBox
+            box = QMessageBox(QMessageBox.Icon.NoIcon, key, key, parent=self)
+            box.setDetailedText(fmt.short_value(self.s.source.metadata.get(key), 10 ** 7))
+            box.open()
+            return
         current = self.changes.get(key, self.s.source.metadata.get(key))
         if isinstance(current, (list, tuple)) or hasattr(current, "shape"):
             self.errorRaised.emit("Arrays are edited on the command line",

@@ -146,3 +146,15 @@ def test_default_output_folder_is_the_users(qtbot, window, demo_path, synthetic_
     assert os.path.dirname(out) in (os.path.expanduser("~"), os.path.join(os.path.expanduser("~"), "Documents"))
     open_model(qtbot, win, synthetic_path)
     assert os.path.dirname(win.quantize.output.text()) == os.path.dirname(synthetic_path)
+
+
+def test_progress_labels_are_reset_after_a_run(qtbot, window, synthetic_path, tmp_path):
+    win = window
+    open_model(qtbot, win, synthetic_path)
+    win.quantize.set_output(str(tmp_path / "labels.gguf"))
+    seen = []
+    h = win.run_quantize()
+    h.progress.connect(lambda ev: seen.append(win.quantize.eta.text()))
+    with qtbot.waitSignal(h.finished, timeout=120000):
+        pass
+    assert win.quantize.tensor_label.text() == "" and win.quantize.eta.text() == ""

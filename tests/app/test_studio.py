@@ -254,3 +254,19 @@ def test_undo_redo_and_unsaved_edits_are_not_lost(qtbot, window, synthetic_path,
     assert closing == ["Quit Quant Studio"] and win.isVisible()
     plan_file = str(tmp_path / "p.json")
     assert win.save_plan(plan_file) and not s.dirty
+
+
+def test_plan_totals_say_what_the_figures_mean(qtbot, window, demo_path, synthetic_path):
+    """On the demo (a Q4_1 model whose rows of 576 fit no K-quant) the totals say the source is already
+    quantized and that most tensors fall back; on an F32 model with 256-wide rows, neither."""
+    from .conftest import open_model as open_in
+
+    win = window
+    open_in(qtbot, win, demo_path)
+    with qtbot.waitSignal(win.s.planChanged, timeout=10000):
+        win.s.set_preset("Q4_K_M")
+    qtbot.waitUntil(lambda: "fall back" in win.preview.notes.text(), timeout=10000)
+    assert "already quantized (Q4_1, Q8_0)" in win.preview.notes.text()           # token_embd is Q8_0
+    open_in(qtbot, win, synthetic_path)
+    qtbot.waitUntil(lambda: win.preview.notes.text() == "", timeout=10000)      # totals refresh (throttled)
+    assert win.s.path == synthetic_path and win.preview.t["Predicted size"].text() != "–"
