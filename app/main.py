@@ -70,6 +70,7 @@ def start(model: Optional[str] = None, warm_up: bool = True):
         win.open_path(model)
     elif win.first_start():
         win.open_demo()
+        win.show_first_run_hint()
     else:
         recent = win.recent_files()
         if recent and os.path.exists(recent[0]):

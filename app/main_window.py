@@ -189,6 +189,8 @@ class MainWindow(QMainWindow):
         self._action(q, "&Verify a GGUF…", self.verify_dialog, None,
                      "Check a GGUF's structure and every tensor (against the open model's weights)")
         h = mb.addMenu("&Help")
+        self._action(h, "&User Guide", self.show_guide, QKeySequence.StandardKey.HelpContents)
+        self._action(h, "&Glossary", lambda: self.show_guide("glossary"))
         self._action(h, "&About Quant Studio", self._about)
         self._refresh_recent()
 
@@ -206,6 +208,18 @@ class MainWindow(QMainWindow):
     def _focus_filter(self) -> None:
         self.table.filter.setFocus()
         self.table.filter.selectAll()
+
+    def show_guide(self, anchor: str = ""):
+        from .help import GuideDialog
+        d = GuideDialog(self, anchor)
+        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        d.show()
+        self.guide = d
+        return d
+
+    def show_first_run_hint(self) -> None:
+        from .help import FIRST_RUN_HINT
+        self.status(FIRST_RUN_HINT, 60000)
 
     def _about(self) -> None:
         QMessageBox.about(self, "About Quant Studio", self.about_text())

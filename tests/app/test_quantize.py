@@ -22,7 +22,6 @@ def test_quantize_to_the_end(qtbot, window, synthetic_path, tmp_path):
         win.s.set_types(["blk.0.ffn_down.weight"], "Q8_0")
     out = str(tmp_path / "synthetic.Q4_0.gguf")
     win.quantize.set_output(out)
-    seen = []
     h = win.run_quantize()
     assert h is not None and not win.quantize.run_btn.isEnabled() and win.quantize.cancel_btn.isEnabled()
     h.progress.connect(lambda ev: seen.append(ev.fraction))
@@ -152,9 +151,7 @@ def test_progress_labels_are_reset_after_a_run(qtbot, window, synthetic_path, tm
     win = window
     open_model(qtbot, win, synthetic_path)
     win.quantize.set_output(str(tmp_path / "labels.gguf"))
-    seen = []
     h = win.run_quantize()
-    h.progress.connect(lambda ev: seen.append(win.quantize.eta.text()))
     with qtbot.waitSignal(h.finished, timeout=120000):
         pass
     assert win.quantize.tensor_label.text() == "" and win.quantize.eta.text() == ""

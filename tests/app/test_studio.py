@@ -270,3 +270,17 @@ def test_plan_totals_say_what_the_figures_mean(qtbot, window, demo_path, synthet
     open_in(qtbot, win, synthetic_path)
     qtbot.waitUntil(lambda: win.preview.notes.text() == "", timeout=10000)      # totals refresh (throttled)
     assert win.s.path == synthetic_path and win.preview.t["Predicted size"].text() != "–"
+
+
+def test_user_guide_glossary_and_first_run_hint(qtbot, window):
+    from app.help import GLOSSARY
+
+    win = window
+    d = win.show_guide("glossary")
+    text = d.text.toPlainText()
+    for term in ("bpw", "rel. RMSE", "SNR", "imatrix-weighted error", "fallback", "PPL / KLD"):
+        assert term in GLOSSARY and term in text
+    assert "Open a model" in text and "Quantize" in text
+    d.close()
+    win.show_first_run_hint()
+    assert "open a model" in win.statusBar().currentMessage() and "Quantize" in win.statusBar().currentMessage()
