@@ -22,6 +22,7 @@ def test_quantize_to_the_end(qtbot, window, synthetic_path, tmp_path):
         win.s.set_types(["blk.0.ffn_down.weight"], "Q8_0")
     out = str(tmp_path / "synthetic.Q4_0.gguf")
     win.quantize.set_output(out)
+    seen = []
     h = win.run_quantize()
     assert h is not None and not win.quantize.run_btn.isEnabled() and win.quantize.cancel_btn.isEnabled()
     h.progress.connect(lambda ev: seen.append(ev.fraction))
