@@ -470,9 +470,12 @@ class MainWindow(QMainWindow):
         self.compare_view = d
         return d
 
+    def _choose_gguf(self, title: str) -> str:
+        path, _ = QFileDialog.getOpenFileName(self, title, self._last_dir(), "GGUF files (*.gguf);;All files (*)")
+        return path
+
     def recipe_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Use the mix of a GGUF", self._last_dir(),
-                                              "GGUF files (*.gguf);;All files (*)")
+        path = self._choose_gguf("Use the mix of a GGUF")
         if path:
             self.use_recipe(path)
 
@@ -485,8 +488,7 @@ class MainWindow(QMainWindow):
         return h
 
     def verify_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Verify a GGUF", self._last_dir(),
-                                              "GGUF files (*.gguf);;All files (*)")
+        path = self._choose_gguf("Verify a GGUF")
         if path:
             self.status(f"Verifying {os.path.basename(path)}…", 0)
             self.s.verify([path]).failed.connect(lambda e: self.show_error("Cannot verify", e))

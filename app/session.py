@@ -278,19 +278,17 @@ class Session(QObject, PreviewsMixin):
         self._plan_timer.start()
 
     def undo(self) -> bool:
-        m = self.model
-        if not m.undo:
-            return False
-        m.redo.append((m.rules, m.plan))
-        self._replace_plan(*m.undo.pop(), record=False)
-        return True
+        return self._step(self.model.undo, self.model.redo)
 
     def redo(self) -> bool:
-        m = self.model
-        if not m.redo:
+        return self._step(self.model.redo, self.model.undo)
+
+    def _step(self, take: list, keep: list) -> bool:
+        """Back (undo) or forward (redo): the current plan goes on ``keep``, ``take``'s last comes back."""
+        if not take:
             return False
-        m.undo.append((m.rules, m.plan))
-        self._replace_plan(*m.redo.pop(), record=False)
+        keep.append((self.rules, self.plan))
+        self._replace_plan(*take.pop(), record=False)
         return True
 
     @property
