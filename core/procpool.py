@@ -328,7 +328,13 @@ class ProcessPool:
             if idle is None:
                 if len(self._children) >= self.size:
                     return
-                idle = self._spawn()
+                try:
+                    idle = self._spawn()
+                except Exception as e:  # noqa: BLE001 - no process: the task fails, with the reason
+                    _, _, task = heapq.heappop(self._queue)
+                    task._finish("error", error=WorkerDied(f"cannot start a background process: "
+                                                           f"{type(e).__name__}: {e}"))
+                    continue
             _, _, task = heapq.heappop(self._queue)
             if task.cancel_requested:
                 task._finish("cancelled", task.result if isinstance(task, _SlicedTask) else None)
