@@ -182,7 +182,9 @@ class MainWindow(QMainWindow):
             v.addAction(d.toggleViewAction())
         v.addSeparator()
         for i, name in enumerate(("Histogram", "Channels", "Layers")):
-            self._action(v, name, lambda i=i: self.plots.setCurrentIndex(i), f"Ctrl+{i + 1}")
+            self._action(v, name, lambda i=i: self.show_plot(i), f"Ctrl+{i + 1}")
+        v.addSeparator()
+        self._action(v, "&Reset Layout", self.reset_layout, None, "Every panel back where it starts")
         q = mb.addMenu("&Quantize")
         self.run_action = self._action(q, "&Run", self.run_quantize, "Ctrl+R", "Quantize with the current plan")
         self._action(q, "&Cancel", self.quantize.cancel, "Ctrl+.")
@@ -521,7 +523,27 @@ class MainWindow(QMainWindow):
             a.triggered.connect(lambda _=False, p=p: self.open_path(p))
         self.recent_menu.setEnabled(bool(files))
 
+    def show_plot(self, i: int) -> None:
+        """Show plot tab ``i``, bringing the plot pane back if it was dragged shut."""
+        self.plots.setCurrentIndex(i)
+        sizes = self.splitter.sizes()
+        if sizes[1] < 80:
+            total = sum(sizes)
+            self.splitter.setSizes([total * 3 // 5, total - total * 3 // 5])
+
+    def reset_layout(self) -> None:
+        """Docks shown and placed as on a first start, the plot pane at its first size."""
+        if self._initial_state is not None:
+            self.restoreState(self._initial_state)
+        for d in self.docks.values():
+            d.show()
+        total = sum(self.splitter.sizes()) or 1340
+        self.splitter.setSizes([total * 3 // 5, total - total * 3 // 5])
+        self.resizeDocks([self.docks["plan"]], [max(340, self.width() // 5)], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.docks["preview"]], [max(300, self.height() * 3 // 8)], Qt.Orientation.Vertical)
+
     def _restore(self) -> None:
+        self._initial_state = self.saveState()            # the layout as built (View › Reset Layout)
         st = theme.settings()
         geo, state = st.value("window/geometry"), st.value("window/state")
         if geo is not None:

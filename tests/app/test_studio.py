@@ -284,3 +284,17 @@ def test_user_guide_glossary_and_first_run_hint(qtbot, window):
     d.close()
     win.show_first_run_hint()
     assert "open a model" in win.statusBar().currentMessage() and "Quantize" in win.statusBar().currentMessage()
+
+
+def test_reset_layout_and_a_collapsed_plot_pane_comes_back(qtbot, window):
+    win = window
+    total = sum(win.splitter.sizes())
+    win.splitter.setSizes([total, 0])                          # the user dragged the plots shut
+    assert win.splitter.sizes()[1] == 0
+    win.show_plot(0)                                           # View › Histogram
+    assert win.splitter.sizes()[1] > 100 and win.plots.currentIndex() == 0
+    win.docks["plan"].hide()
+    win.docks["preview"].hide()
+    win.splitter.setSizes([total, 0])
+    win.reset_layout()                                         # View › Reset Layout
+    assert win.docks["plan"].isVisible() and win.docks["preview"].isVisible() and win.splitter.sizes()[1] > 100
