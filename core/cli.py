@@ -387,7 +387,9 @@ def cmd_diff(args) -> int:
     finally:
         bar.close()
     if args.json:
-        json.dump(_jsonable(c.to_dict(), True), sys.stdout, indent=1)
+        d = c.to_dict()
+        d["metadata"] = _jsonable(d["metadata"])              # a vocabulary: its length and first items
+        json.dump(_jsonable(d, True), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     err = source is not None

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from .chunks import row_chunks, run_chunks
+from .gguf_meta import values_equal
 from .progress import CancelToken, ProgressCallback, ProgressTracker, no_progress
 from .sources.base import layer_of
 
@@ -69,27 +70,12 @@ class Comparison:
                 "a_file_size": self.a_size, "b_file_size": self.b_size}
 
     def to_dict(self) -> dict:
-        def v(x):
-            if isinstance(x, np.ndarray):
-                x = x.tolist()
-            if isinstance(x, (list, tuple)):
-                return [v(y) for y in x[:16]] + ([f"... ({len(x)} items)"] if len(x) > 16 else [])
-            return x.decode("utf-8", "replace") if isinstance(x, bytes) else x
+        """Plain data (metadata values as stored: the CLI's JSON converter summarizes long arrays)."""
         return {"a": self.a, "b": self.b, "source": self.source, "totals": self.totals(),
-                "metadata": {"added": {k: v(x) for k, x in self.added.items()},
-                             "removed": {k: v(x) for k, x in self.removed.items()},
-                             "changed": {k: [v(x), v(y)] for k, (x, y) in self.changed.items()}},
+                "metadata": {"added": self.added, "removed": self.removed,
+                             "changed": {k: list(xy) for k, xy in self.changed.items()}},
                 "tensors": [asdict(t) | {"shape": list(t.shape), "a_bpw": t.a_bpw, "b_bpw": t.b_bpw,
                                          "differs": t.differs} for t in self.tensors]}
-
-
-def _equal(x, y) -> bool:
-    if isinstance(x, (list, tuple, np.ndarray)) or isinstance(y, (list, tuple, np.ndarray)):
-        try:
-            return len(x) == len(y) and all(_equal(a, b) for a, b in zip(x, y))
-        except TypeError:
-            return False
-    return x == y or (x != x and y != y)
 
 
 def rel_rmse(model, source, name: str, threads: int = 1, cancel: Optional[CancelToken] = None) -> Optional[float]:
@@ -122,7 +108,7 @@ def compare(a, b, source=None, *, threads: int = 1, progress: ProgressCallback =
     mb = {k.key: k.value for k in b.kv}
     out.added = {k: mb[k] for k in mb if k not in ma}
     out.removed = {k: ma[k] for k in ma if k not in mb}
-    out.changed = {k: (ma[k], mb[k]) for k in ma if k in mb and not _equal(ma[k], mb[k])}
+    out.changed = {k: (ma[k], mb[k]) for k in ma if k in mb and not values_equal(ma[k], mb[k])}
     names = [t.name for t in a.tensors] + [t.name for t in b.tensors if t.name not in a]
     tracker = ProgressTracker(progress, len(names), "compare")
     for n in names:

@@ -69,3 +69,20 @@ def make_kv(key: str, value: Any, vtype: Optional[GGUFValueType] = None,
     if vtype == GGUFValueType.ARRAY and subtype is None:
         subtype = guess_type(value[0]) if len(value) else GGUFValueType.INT32
     return KV(key, value, vtype, subtype)
+
+
+_SEQUENCES = (list, tuple, np.ndarray)
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    """Whether two metadata values are the same: arrays item by item, NaN equal to NaN, bytes read as
+    UTF-8 text (readers differ in how they hand strings back)."""
+    if isinstance(a, bytes):
+        a = a.decode("utf-8", "replace")
+    if isinstance(b, bytes):
+        b = b.decode("utf-8", "replace")
+    if isinstance(a, _SEQUENCES) or isinstance(b, _SEQUENCES):
+        if not (isinstance(a, _SEQUENCES) and isinstance(b, _SEQUENCES)):
+            return False
+        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
+    return bool(a == b) or (a != a and b != b)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .errors import PlanError, UnsupportedError
 from .plan import Plan, make_plan
 from .presets import PRESETS, allows_quantization, fallback_type
-from .qtypes import KERNEL_FAMILY, is_quantized, parse_type
+from .qtypes import KERNEL_FAMILY, is_quantized
 from .rules import PlanRules
 
 
@@ -78,8 +78,3 @@ def recipe_plan(source, other, *, has_imatrix: bool = False) -> Recipe:
     plan.entries.sort(key=lambda e: order.get(e.name, len(order)))     # OTHER's order, the rest after it
     plan.warnings = out.notes()
     return out
-
-
-def recipe_types(other) -> dict[str, str]:
-    """Tensor name -> GGUF type name of a GGUF file (what a recipe takes from it)."""
-    return {t.name: parse_type(t.dtype).name for t in other.tensors if t.ggml_type is not None}

@@ -20,6 +20,7 @@ import numpy as np
 
 from .chunks import row_chunks, run_chunks
 from .errors import QuantStudioError, SourceError
+from .gguf_meta import values_equal
 from .kernels import default_threads, get_kernel
 from .progress import CancelToken, ProgressCallback, ProgressTracker, no_progress
 from .qtypes import KERNEL_FAMILY
@@ -65,19 +66,6 @@ class VerifyReport:
                 "defects": self.defects, "tensors": [asdict(t) | {"shape": list(t.shape)} for t in self.tensors]}
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
-        a, b = list(a), list(b)
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) or isinstance(b, float):
-        return (a == b) or (a != a and b != b)
-    if isinstance(a, bytes):
-        a = a.decode("utf-8", "replace")
-    if isinstance(b, bytes):
-        b = b.decode("utf-8", "replace")
-    return a == b
-
-
 def _structure(path: str, ours, report: VerifyReport) -> None:
     """gguf-py's view of the file against ours; alignment, bounds and overlaps of the tensor data."""
     from gguf import GGUFReader
@@ -92,7 +80,7 @@ def _structure(path: str, ours, report: VerifyReport) -> None:
         odd = sorted(set(fields) ^ set(mine))
         report.problems.append(f"metadata keys differ between gguf-py and our reader: {odd[:5]}")
     for k in sorted(set(fields) & set(mine)):
-        if not _same(fields[k].contents(), mine[k]):
+        if not values_equal(fields[k].contents(), mine[k]):
             report.problems.append(f"metadata '{k}' reads differently in gguf-py and our reader")
     theirs = {t.name: t for t in r.tensors}
     if set(theirs) != {t.name for t in ours.tensors} or len(r.tensors) != len(ours.tensors):
