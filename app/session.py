@@ -142,6 +142,12 @@ class Session(QObject, PreviewsMixin):
         h = self.workers.submit(target, *args, name=key, priority=priority, user=user, **kwargs)
         return self._track(key, h, report and not user)
 
+    def _here(self, key: str, fn: Callable[[], Any]) -> TaskHandle:
+        """``fn()`` on the GUI thread at the next turn of the event loop (Workers.run_here), replacing
+        the task of ``key``; the caller reports its failure."""
+        self._replace(key)
+        return self._track(key, self.workers.run_here(fn, key), False)
+
     def cancel_model_tasks(self) -> None:
         for key in ("stats", "plan-preview", "candidates", "overlay", "frontier"):
             h = self._tasks.get(key)
@@ -181,8 +187,7 @@ class Session(QObject, PreviewsMixin):
 
         # in this process: the plan and the table need the model's header here (reading it takes
         # ~0.1 s); its tensors are read by the worker processes
-        self._replace("open")
-        h = self._track("open", self.workers.run_here(work, "open"), False)
+        h = self._here("open", work)
         h.succeeded.connect(lambda src, p=path: self._opened(p, src))
         h.failed.connect(lambda e, p=path: self.openFailed.emit(p, e))
         return h
@@ -355,8 +360,7 @@ class Session(QObject, PreviewsMixin):
             data = load_imatrix(path)
             return data, data.match(src)
 
-        self._replace("imatrix")
-        h = self._track("imatrix", self.workers.run_here(work, "imatrix"), False)
+        h = self._here("imatrix", work)
         h.succeeded.connect(self._bind(lambda m, r, p=path: self._imatrix_loaded(m, p, *r)))
         return h
 
@@ -396,8 +400,7 @@ class Session(QObject, PreviewsMixin):
             with open_model(path) as other:
                 return recipe_plan(src, other, has_imatrix=self.imatrix is not None)
 
-        self._replace("recipe")
-        h = self._track("recipe", self.workers.run_here(work, "recipe"), False)
+        h = self._here("recipe", work)
         h.succeeded.connect(self._bind(lambda m, rec: self._recipe_applied(m, rec)))
         return h
 
