@@ -148,9 +148,7 @@ class CompareDialog(QDialog):
                     it.setBackground(DIFF_BRUSH)
                 self.table.setItem(r, col, it)
         self.table.resizeColumnsToContents()
-        lines = [f"- {k} = {fmt.short_value(v)}" for k, v in c.removed.items()]
-        lines += [f"+ {k} = {fmt.short_value(v)}" for k, v in c.added.items()]
-        lines += [f"~ {k}: {fmt.short_value(x, 60)} → {fmt.short_value(y, 60)}" for k, (x, y) in c.changed.items()]
+        lines = c.metadata_lines(lambda v: fmt.short_value(v, 60))
         self.meta.setPlainText("\n".join(lines) if lines else "identical")
         self._filter()
 

@@ -416,16 +416,10 @@ def cmd_diff(args) -> int:
     print(f"B {c.b}: {human_bytes(tot['b_file_size'])}, {tot['b_bpw']:.3f} bits/weight")
     print(f"{tot['different']} of {tot['tensors']} tensors have different types"
           + ("" if args.all else " (listed; --all lists every tensor)"))
-    if c.added or c.removed or c.changed:
-        print("metadata:")
-        for k, v in c.removed.items():
-            print(f"  - {k} = {_short(v)}")
-        for k, v in c.added.items():
-            print(f"  + {k} = {_short(v)}")
-        for k, (x, y) in c.changed.items():
-            print(f"  ~ {k}: {_short(x)} -> {_short(y)}")
-    else:
-        print("metadata: identical")
+    lines = c.metadata_lines(_short)
+    print("metadata:" if lines else "metadata: identical")
+    for line in lines:
+        print(f"  {line}")
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -68,6 +68,13 @@ class Comparison:
         return {"tensors": len(self.tensors), "different": self.n_different, "a_tensor_bytes": ab,
                 "b_tensor_bytes": bb, "a_bpw": 8.0 * ab / n if n else 0.0, "b_bpw": 8.0 * bb / n if n else 0.0,
                 "a_file_size": self.a_size, "b_file_size": self.b_size}
+
+    def metadata_lines(self, show: Callable[[Any], str]) -> list[str]:
+        """The metadata differences as lines (``- key = value`` removed, ``+`` added, ``~ key: A → B``
+        changed), each value written by ``show``; what the CLI prints and the Compare view shows."""
+        return ([f"- {k} = {show(v)}" for k, v in self.removed.items()]
+                + [f"+ {k} = {show(v)}" for k, v in self.added.items()]
+                + [f"~ {k}: {show(x)} → {show(y)}" for k, (x, y) in self.changed.items()])
 
     def to_dict(self) -> dict:
         """Plain data (metadata values as stored: the CLI's JSON converter summarizes long arrays)."""
