@@ -295,15 +295,16 @@ def _dry_run(src, plan, args, imatrix) -> int:
 
 def _run(src, plan, args, imatrix=None) -> int:
     from .job import run_plan
-    from .progress import CancelToken
+    from .progress import CancelToken, sigint_cancels
 
     importances, extra = _imatrix_inputs(src, plan, imatrix)
     bar = ProgressBar(enabled=False if args.json else None)
     cancel = CancelToken()
     try:
-        result = run_plan(src, plan, args.output, threads=args.threads, split_max_size=args.split_max_size,
-                          importances=importances, extra_kv=extra, progress=bar, cancel=cancel)
-    except KeyboardInterrupt:
+        with sigint_cancels(cancel):
+            result = run_plan(src, plan, args.output, threads=args.threads, split_max_size=args.split_max_size,
+                              importances=importances, extra_kv=extra, progress=bar, cancel=cancel)
+    except (KeyboardInterrupt, Cancelled):
         cancel.cancel()
         raise Cancelled("cancelled by the user; no output was written", args.output) from None
     finally:

@@ -6,6 +6,8 @@ bar are two views of the same events.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +33,28 @@ class CancelToken:
         """Raise :class:`Cancelled` if cancellation was requested."""
         if self._event.is_set():
             raise Cancelled()
+
+
+@contextlib.contextmanager
+def sigint_cancels(cancel: CancelToken):
+    """Within the block, Ctrl-C sets ``cancel`` instead of raising KeyboardInterrupt (which can be lost:
+    Python drops it when it lands inside a ctypes callback, e.g. during a Numba compile, and the work
+    would run on to the end). A second Ctrl-C raises KeyboardInterrupt as usual. Outside the main thread
+    this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel
+        return
+
+    def handler(signum, frame):
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        cancel.cancel()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass

@@ -139,7 +139,7 @@ def test_ctrl_c_cancels_and_leaves_nothing(tmp_path):
     src = make_synthetic_llama(str(tmp_path / "big.gguf"), n_layer=8, n_embd=1024, n_ff=2816, n_head=8,
                                n_head_kv=8, n_vocab=2048)
     out = tmp_path / "o.gguf"
-    p = subprocess.Popen([sys.executable, "-m", "core.cli", "quantize", src, str(out), "--type", "Q5_1",
+    p = subprocess.Popen([sys.executable, "-m", "core.cli", "quantize", src, str(out), "--type", "Q3_K",
                           "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "o.gguf.partial").exists() and time.time() < deadline and p.poll() is None:
