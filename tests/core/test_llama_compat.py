@@ -6,10 +6,12 @@ import os
 import numpy as np
 import pytest
 
+from core.errors import PlanError
 from core.job import run_plan
 from core.plan import make_plan, pure_plan
 from core.presets import PRESETS
 from core.models import open_model
+from tests.refs import llama as llama_ref
 
 TEXT = (b"The quick brown fox jumps over the lazy dog. In 1969, astronauts landed on the Moon and walked on "
         b"its surface. Water boils at one hundred degrees Celsius at sea level, and")
@@ -18,7 +20,12 @@ TEXT = (b"The quick brown fox jumps over the lazy dog. In 1969, astronauts lande
 # almost exactly and other grids do not); a broken kernel or rule gives several nats.
 KL_BOUND = {"Q2_K": 1.4, "Q2_K_S": 4.5, "Q3_K_S": 1.4, "Q3_K_M": 0.45, "Q3_K_L": 0.5, "Q4_0": 1.0,
             "Q4_1": 0.02, "Q4_K_S": 0.35, "Q4_K_M": 0.25, "Q5_0": 0.35, "Q5_1": 0.5, "Q5_K_S": 0.3,
-            "Q5_K_M": 0.3, "Q6_K": 0.06, "Q8_0": 0.02, "F16": 0.001, "BF16": 0.002, "F32": 0.001}
+            "Q5_K_M": 0.3, "Q6_K": 0.06, "Q8_0": 0.02, "F16": 0.001, "BF16": 0.002, "F32": 0.001,
+            "MXFP4_MOE": 0.02, "IQ4_NL": 0.8, "IQ4_XS": 0.8}
+# Ternary presets turn a model not trained ternary into noise (KL ~12 nats here, as llama.cpp's own file
+# does): only finite logits are checked for them; their bytes are checked against llama-quantize's file in
+# test_llama_identity.
+NOISE = {"TQ1_0", "TQ2_0"}
 RESULTS: dict = {}
 
 
@@ -57,7 +64,15 @@ def test_preset_runs_in_llama_cpp_close_to_source(reference, preset):
     from core.imatrix import ImatrixData
 
     src = open_model(src_path)
-    plan = make_plan(src.tensors, src.metadata, preset)
+    try:
+        plan = make_plan(src.tensors, src.metadata, preset)
+    except PlanError as e:
+        # a preset the model's shapes cannot take (Q1_0's 128-blocks on rows of 576 have no fallback):
+        # llama-quantize refuses it too, for the same reason
+        with pytest.raises(RuntimeError, match="fallback"):
+            llama_ref.quantize(src_path, int(PRESETS[preset].ftype), has_imatrix=True)
+        assert "no fallback" in str(e)
+        return
     imatrix = None
     if plan.requires_imatrix:        # Q2_K_S, as llama-quantize, refuses to run without one
         im = ImatrixData.random_for(src, n_tokens=256, seed=0)
@@ -75,5 +90,7 @@ def test_preset_runs_in_llama_cpp_close_to_source(reference, preset):
     with open(os.path.join("test-output", "kl_divergence.json"), "w") as f:
         json.dump(RESULTS, f, indent=1)
     assert np.isfinite(lp).all()
+    if preset in NOISE:
+        return
     assert kl < KL_BOUND[preset], f"{preset}: KL {kl:.4f} >= {KL_BOUND[preset]}"
     assert top1 > (0.2 if preset == "Q2_K_S" else 0.6), f"{preset}: top-1 agreement {top1:.2f}"

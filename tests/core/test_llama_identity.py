@@ -5,7 +5,7 @@ import pytest
 
 from core.job import run_plan
 from core.plan import pure_plan
-from core.presets import file_type_of
+from core.presets import file_type_of, get_preset
 from core.qtypes import parse_type
 from core.models import open_model
 from tests.refs.llama import quantize as llama_quantize
@@ -125,3 +125,24 @@ def test_k_preset_file_identical_to_llama_quantize(synthetic_path, tmp_path, pre
 @pytest.mark.parametrize("preset", ["Q4_K_M", "Q2_K_S"])
 def test_demo_k_preset_identical_to_llama_quantize(demo_path, tmp_path, preset):
     _preset_vs_llama(demo_path, preset, tmp_path, with_imatrix=preset == "Q2_K_S")
+
+
+# The presets of the i-quant, ternary, FP4 and 1-bit types: the whole file byte-identical to llama-quantize's
+# on the synthetic model (rows of 256-multiples, so no fallback hides a type), with an imatrix, and without
+# one where llama-quantize accepts that.
+OTHER_PRESETS = ["IQ4_NL", "IQ4_XS", "MXFP4_MOE", "TQ1_0", "TQ2_0", "Q1_0"]
+
+
+@pytest.mark.parametrize("preset", OTHER_PRESETS)
+def test_other_preset_file_identical_to_llama_quantize(synthetic_path, tmp_path, preset):
+    from core.plan import make_plan
+
+    src = open_model(synthetic_path)
+    needs = make_plan(src.tensors, src.metadata, preset).requires_imatrix
+    modes = [True] if needs else [True, False]
+    for with_imatrix in modes:
+        d = tmp_path / str(with_imatrix)
+        d.mkdir()
+        out = _preset_vs_llama(synthetic_path, preset, d, with_imatrix=with_imatrix)
+        want = get_preset(preset).default_type.name if preset != "MXFP4_MOE" else "Q8_0"
+        assert any(t.dtype == want for t in out.tensors), (preset, {t.dtype for t in out.tensors})
