@@ -439,6 +439,132 @@ def cmd_set_metadata(args) -> int:
     return 0
 
 
+def _chunks_for(src, args):
+    from .eval.run import prepare_chunks, read_text
+
+    text, name = read_text(args.text)
+    if args.ctx < 16:
+        raise QuantStudioError(f"--ctx {args.ctx}: use at least 16 tokens per chunk")
+    return prepare_chunks(src, text, args.ctx, args.chunks), text, name
+
+
+def cmd_imatrix(args) -> int:
+    from .eval.run import compute_imatrix, imatrix_provenance
+    from .models import open_model
+    from .progress import CancelToken, sigint_cancels
+
+    fmt = args.format or ("dat" if args.output.lower().endswith(".dat") else "gguf")
+    src = open_model(args.model)
+    chunks, text, name = _chunks_for(src, args)
+    bar = ProgressBar(enabled=False if args.json else None)
+    cancel = CancelToken()
+    t0 = time.perf_counter()
+    try:
+        with sigint_cancels(cancel):
+            col = compute_imatrix(src, chunks, threads=args.threads, process_output=args.process_output,
+                                  progress=bar, cancel=cancel)
+    except (KeyboardInterrupt, Cancelled):
+        raise Cancelled("cancelled by the user; no output was written", args.output) from None
+    finally:
+        bar.close()
+    prov = imatrix_provenance(src, chunks, text, name)
+    path = col.write_dat(args.output, name) if fmt == "dat" else col.write_gguf(args.output, prov)
+    summary = {"output": path, "format": fmt, "dataset": name, "chunks": chunks.n_chunk, "ctx": chunks.n_ctx,
+               "tokens": chunks.n_chunk * chunks.n_ctx, "tensors": len(col.stats),
+               "seconds": round(time.perf_counter() - t0, 3)}
+    if args.json:
+        json.dump(summary, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(f"wrote {path}\n  {summary['tensors']} tensors from {summary['chunks']} chunks of {summary['ctx']} "
+              f"tokens ({name}), {format_duration(summary['seconds'])}")
+    return 0
+
+
+def _eval_candidates(src, args):
+    from .eval.run import Candidate
+    from .models import open_model
+    from .plan import Plan, make_plan, predict_size
+    from .rules import PlanRules, writable
+
+    imatrix = _load_imatrix(args, src)
+    cands = []
+
+    def add_plan(label, plan):
+        plan.check_imatrix(imatrix is not None)
+        importances = None
+        if imatrix is not None:
+            importances, _ = _imatrix_inputs(src, plan, imatrix)
+        pred = predict_size(plan, src)
+        cands.append(Candidate(label, plan=plan, importances=importances, size=pred.total, bpw=pred.bpw,
+                               info={"kind": "plan"}))
+
+    for path in args.candidates:
+        m = open_model(path)
+        cands.append(Candidate(os.path.basename(path), source=m, size=os.path.getsize(path),
+                               bpw=8.0 * m.n_bytes / max(1, m.n_params), info={"kind": "file"}))
+    for p in args.preset:
+        add_plan(p, make_plan(src.tensors, src.metadata, PlanRules.make(p, has_imatrix=imatrix is not None)))
+    for t in args.type:
+        add_plan(f"{writable(t, '--type')} (pure)",
+                 make_plan(src.tensors, src.metadata, PlanRules.make(writable(t, "--type"), pure=True,
+                                                                     has_imatrix=imatrix is not None)))
+    for path in args.plan:
+        try:
+            with open(path, encoding="utf-8") as f:
+                plan = Plan.from_json(f.read())
+        except OSError as e:
+            raise QuantStudioError(f"cannot read the plan: {e.strerror or e}", path) from None
+        add_plan(os.path.basename(path), plan)
+    if not cands:
+        raise QuantStudioError("nothing to evaluate: give CANDIDATE.gguf files, --preset, --type or --plan")
+    return cands
+
+
+EVAL_KEYS = ("tokens", "ppl_base", "ppl", "kld_mean", "kld_percentiles", "delta_p_rms", "same_top_p")
+
+
+def cmd_eval(args) -> int:
+    from .eval.run import evaluate
+    from .models import open_model
+    from .progress import CancelToken, sigint_cancels
+
+    src = open_model(args.base)
+    cands = _eval_candidates(src, args)
+    chunks, _, name = _chunks_for(src, args)
+    bar = ProgressBar(enabled=False if args.json else None)
+    cancel = CancelToken()
+    try:
+        with sigint_cancels(cancel):
+            results = evaluate(src, cands, chunks, threads=args.threads, progress=bar, cancel=cancel)
+    except (KeyboardInterrupt, Cancelled):
+        raise Cancelled("cancelled by the user") from None
+    finally:
+        bar.close()
+    if args.json:
+        rows = []
+        for r in results:
+            d = {"label": r.label, "size": r.size, "bpw": r.bpw}
+            full = r.kld.to_dict()
+            d.update({k: full[k] for k in EVAL_KEYS})
+            d["kld_percentiles"] = {f"{p:g}": v for p, v in r.kld.kld_percentiles.items()}
+            d.update({k: full[k] for k in ("ppl_err", "ppl_base_err", "kld_err", "delta_p_rms_err", "same_top_p_err",
+                                           "kld_max")})
+            rows.append(d)
+        json.dump(rows[0] if len(rows) == 1 else rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    first = results[0].kld
+    print(f"{chunks.n_chunk} chunks of {chunks.n_ctx} tokens ({name}), {first.tokens} tokens scored; "
+          f"base PPL {first.ppl_base:.4f} ± {first.ppl_base_err:.4f}")
+    rows = [[r.label, human_bytes(r.size) if r.size else "", f"{r.bpw:.3f}" if r.bpw else "",
+             f"{r.kld.ppl:.4f}", f"{r.kld.kld_mean:.5f} ± {r.kld.kld_err:.5f}", f"{r.kld.kld_percentiles[99.0]:.4f}",
+             f"{100 * r.kld.delta_p_rms:.2f} %", f"{100 * r.kld.same_top_p:.2f} %"] for r in results]
+    print(_table(rows, ["candidate", "size", "bpw", "PPL", "KLD mean", "KLD 99%", "RMS Δp", "same top"],
+                 right={1, 2, 3, 4, 5, 6, 7}))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import demo_model_path
 
@@ -491,8 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "tensor to one type, as llama-quantize --pure), --plan or --recipe-from.")
     pq.add_argument("input", help="source model")
     pq.add_argument("output", help="output .gguf path")
-    pq.add_argument("--preset", help="llama-quantize file type: Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, "
-                    "Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, BF16, F32")
+    from .presets import PRESETS
+    pq.add_argument("--preset", help="llama-quantize file type: " + ", ".join(PRESETS))
     pq.add_argument("--type", help="one GGUF type for every quantizable tensor (llama-quantize --pure), e.g. Q8_0")
     pq.add_argument("--plan", help="a plan saved as JSON (by --save-plan or the studio)")
     pq.add_argument("--recipe-from", metavar="OTHER.gguf",
@@ -545,6 +671,41 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("changes", nargs="*", metavar="KEY=VALUE")
     pm.add_argument("--remove", action="append", metavar="KEY", help="drop this key (repeatable)")
 
+    def add_text_args(q, chunks_default):
+        q.add_argument("--text", metavar="FILE", help="UTF-8 text (default: the built-in calibration text: prose, "
+                       "code and several languages)")
+        q.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")
+        q.add_argument("--chunks", type=int, default=chunks_default,
+                       help=f"at most this many chunks (default {chunks_default}; -1: the whole text)")
+        q.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+
+    pc = sub.add_parser("imatrix", parents=[common], help="compute an importance matrix (as llama-imatrix does) by "
+                        "running text through the model",
+                        description="Runs the text through the model in chunks of --ctx tokens (BOS first, as "
+                        "llama-imatrix) and writes the sum of squared activations per input channel of every "
+                        "matrix, in llama.cpp's GGUF imatrix format (or the legacy .dat).")
+    pc.add_argument("model", help="GGUF file, .safetensors file or Hugging Face folder")
+    pc.add_argument("-o", "--output", required=True, help="output imatrix (.gguf, or .dat for the legacy format)")
+    pc.add_argument("--format", choices=("gguf", "dat"), default=None, help="default: from the output's extension")
+    pc.add_argument("--process-output", action="store_true", help="also collect output.weight (llama-imatrix "
+                    "--process-output)")
+    add_text_args(pc, -1)
+
+    pe = sub.add_parser("eval", parents=[common], help="perplexity and KL-divergence of quants against the source "
+                        "(as llama-perplexity --kl-divergence), files or plans without writing them",
+                        description="Candidates: GGUF files of the same model, and/or plans evaluated without "
+                        "writing a file (--preset, --type, --plan, each repeatable; with --imatrix for their "
+                        "importance weights). Same protocol as llama-perplexity --kl-divergence: chunks of --ctx "
+                        "tokens, BOS first, the second half of each chunk scored.")
+    pe.add_argument("base", help="the reference model (the source: GGUF, safetensors or Hugging Face folder)")
+    pe.add_argument("candidates", nargs="*", metavar="CANDIDATE.gguf", help="quantized files to compare")
+    pe.add_argument("--preset", action="append", default=[], help="a llama-quantize preset, simulated")
+    pe.add_argument("--type", action="append", default=[], help="one type for every quantizable tensor, simulated")
+    pe.add_argument("--plan", action="append", default=[], help="a plan JSON, simulated")
+    pe.add_argument("--imatrix", help="importance matrix for the simulated plans")
+    add_text_args(pe, 32)
+
     pd = sub.add_parser("demo", parents=[common], help="quantize the built-in demo model (SmolLM2-135M) and print the result")
     pd.add_argument("--type", default="Q8_0", help="GGUF type (default Q8_0)")
     pd.add_argument("--output-dir", default=os.path.join(os.getcwd(), "demo-output"))
@@ -552,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = ("inspect", "quantize", "verify", "diff", "set-metadata", "demo")
+COMMANDS = ("inspect", "quantize", "verify", "diff", "set-metadata", "imatrix", "eval", "demo")
 
 
 def wants_gui(argv: Sequence[str]) -> bool:
@@ -573,7 +734,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 0
     handler = {"inspect": cmd_inspect, "quantize": cmd_quantize, "verify": cmd_verify, "diff": cmd_diff,
-               "set-metadata": cmd_set_metadata, "demo": cmd_demo}[args.command]
+               "set-metadata": cmd_set_metadata, "imatrix": cmd_imatrix, "eval": cmd_eval,
+               "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except QuantStudioError as e:
