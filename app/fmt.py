@@ -41,5 +41,15 @@ def short_value(v, limit: int = 120) -> str:
         return f"[{head}{more}]"
     if isinstance(v, bytes):
         v = v.decode("utf-8", "replace")
+    if isinstance(v, float) and not isinstance(v, bool):
+        v = float_text(v)
     s = str(v).replace("\n", "⏎")
     return s if len(s) <= limit else s[:limit - 1] + "…"
+
+
+def float_text(v: float) -> str:
+    """The shortest text of a float, as float32 when it is one (GGUF keeps most floats as float32:
+    1e-05, not 9.999999747378752e-06)."""
+    import numpy as np
+    f32 = np.float32(v)
+    return repr(float(v)) if not math.isfinite(v) or float(f32) != v else str(f32)

@@ -21,9 +21,12 @@ from .quantize_panel import QuantizePanel
 from .session import Session
 from .summary_panel import SummaryPanel
 from .tensor_table import TensorTable
+from .widgets import scrolled
 from .workers import soon
 
 MAX_RECENT = 10
+DOCK_AREAS = {"plan": Qt.DockWidgetArea.RightDockWidgetArea, "model": Qt.DockWidgetArea.RightDockWidgetArea,
+              "preview": Qt.DockWidgetArea.BottomDockWidgetArea, "quantize": Qt.DockWidgetArea.BottomDockWidgetArea}
 MODEL_FILTER = "Models (*.gguf *.safetensors);;GGUF (*.gguf);;safetensors (*.safetensors);;All files (*)"
 
 
@@ -73,7 +76,7 @@ class MainWindow(QMainWindow):
                                     ("quantize", "Quantize", self.quantize, Qt.DockWidgetArea.BottomDockWidgetArea)):
             d = QDockWidget(title, self)
             d.setObjectName(f"dock-{key}")
-            d.setWidget(w)
+            d.setWidget(scrolled(w))
             self.addDockWidget(area, d)
             self.docks[key] = d
         self.tabifyDockWidget(self.docks["plan"], self.docks["model"])
@@ -203,9 +206,11 @@ class MainWindow(QMainWindow):
         self._update_title()
 
     def _update_title(self) -> None:
-        """"Quant Studio — MODEL", with " *" while the plan has unsaved edits."""
+        """"MODEL — Quant Studio", with " *" after MODEL while the plan has unsaved edits. The application's
+        name comes last: Qt appends the display name to a title that does not end with it (X11,
+        Windows), which made "Quant Studio — MODEL — Quant Studio"."""
         src = self.s.source
-        self.setWindowTitle("Quant Studio" + (f" — {src.name}" + (" *" if self.s.dirty else "") if src else ""))
+        self.setWindowTitle((f"{src.name}{' *' if self.s.dirty else ''} — " if src else "") + "Quant Studio")
 
     def _focus_filter(self) -> None:
         self.table.filter.setFocus()
@@ -341,6 +346,7 @@ class MainWindow(QMainWindow):
         if self.s.source is None or name not in self.s.source:
             return
         self.current = name
+        self.heatmap.set_selected(name)
         st = self.s.stats.get(name)
         self.hist.set_stats(st)
         self.channels.set_stats(st)
@@ -375,7 +381,7 @@ class MainWindow(QMainWindow):
         soon(self._heat_timer)
 
     def _stats_progress(self, done: int, total: int) -> None:
-        self.stats_label.setText("statistics complete" if done >= total else f"statistics {done}/{total}")
+        self.stats_label.setText("statistics complete" if done >= total else f"statistics {done}/{total} tensors")
 
     def _plan_changed(self) -> None:
         soon(self._heat_timer)
@@ -533,14 +539,24 @@ class MainWindow(QMainWindow):
 
     def reset_layout(self) -> None:
         """Docks shown and placed as on a first start, the plot pane at its first size."""
-        if self._initial_state is not None:
-            self.restoreState(self._initial_state)
-        for d in self.docks.values():
+        # the docks placed anew, not restoreState(): that leaves the old dock tab bars on screen (a second
+        # "Plan | Model" bar over the Preview dock)
+        # (and only the docks that moved: re-adding a dock in place makes a new tab bar too)
+        for key, area in DOCK_AREAS.items():
+            d = self.docks[key]
+            d.setFloating(False)
+            if self.dockWidgetArea(d) != area:
+                self.addDockWidget(area, d)
             d.show()
+        for a, b in (("plan", "model"), ("preview", "quantize")):
+            if self.docks[b] not in self.tabifiedDockWidgets(self.docks[a]):
+                self.tabifyDockWidget(self.docks[a], self.docks[b])
+        self.docks["plan"].raise_()
+        self.docks["preview"].raise_()
         total = sum(self.splitter.sizes()) or 1340
         self.splitter.setSizes([total * 3 // 5, total - total * 3 // 5])
-        self.resizeDocks([self.docks["plan"]], [max(340, self.width() // 5)], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.docks["preview"]], [max(300, self.height() * 3 // 8)], Qt.Orientation.Vertical)
+        self._default_dock_sizes()
+        QTimer.singleShot(0, self._default_dock_sizes)        # again once the docks moved back have a size
 
     def _restore(self) -> None:
         self._initial_state = self.saveState()            # the layout as built (View › Reset Layout)
@@ -557,8 +573,16 @@ class MainWindow(QMainWindow):
         super().showEvent(ev)
         if self._default_sizes:              # only a shown window can share its space among docks
             self._default_sizes = False
-            self.resizeDocks([self.docks["plan"]], [max(340, self.width() // 5)], Qt.Orientation.Horizontal)
-            self.resizeDocks([self.docks["preview"]], [max(300, self.height() * 3 // 8)], Qt.Orientation.Vertical)
+            self._default_dock_sizes()
+
+    def _default_dock_sizes(self) -> None:
+        """The Plan dock as wide as its panel wants (a fifth of a large window), the Preview dock 3/8 of
+        the height; in a small window each gets what the centre leaves (then they scroll)."""
+        plan_w = max(self.plan_panel.minimumSizeHint().width() + 24, self.width() // 5)
+        room = self.width() - self.centralWidget().minimumSizeHint().width() - 16
+        self.resizeDocks([self.docks["plan"]], [max(160, min(plan_w, room))], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.docks["preview"]], [max(min(300, self.height() // 3), self.height() * 3 // 8)],
+                         Qt.Orientation.Vertical)
 
     def first_start(self) -> bool:
         return not theme.settings().value("started", False, type=bool)

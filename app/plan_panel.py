@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGridL
 
 from . import plan_choices
 from .session import Session
+from .widgets import DESCRIPTION_ROLE, describe_items
 
 DEFAULT = "(preset's choice)"
 
@@ -22,6 +23,7 @@ def type_combo(with_default: bool = False, row_len=None) -> QComboBox:
     for t in plan_choices.type_names(row_len):
         c.addItem(t)
         c.setItemData(c.count() - 1, plan_choices.type_description(t), Qt.ItemDataRole.ToolTipRole)
+    describe_items(c, plan_choices.type_description)
     return c
 
 
@@ -46,6 +48,10 @@ class PlanPanel(QWidget):
             self.preset.addItem(p)
             self.preset.setItemData(self.preset.count() - 1, plan_choices.preset_description(p),
                                     Qt.ItemDataRole.ToolTipRole)
+        describe_items(self.preset, plan_choices.preset_description)     # size and quality in the list itself
+        self.preset_info = QLabel()
+        self.preset_info.setWordWrap(True)
+        self.preset_info.setStyleSheet("color: palette(placeholder-text);")
         self.tok_type = type_combo(True)
         self.tok_type.setToolTip("Type of token_embd.weight (llama-quantize --token-embedding-type)")
         self.out_type = type_combo(True)
@@ -60,6 +66,7 @@ class PlanPanel(QWidget):
         im.addWidget(self.imatrix_clear)
         form = QFormLayout()
         form.addRow("Preset:", self.preset)
+        form.addRow("", self.preset_info)
         form.addRow("Token embedding:", self.tok_type)
         form.addRow("Output:", self.out_type)
         form.addRow("imatrix:", self.imatrix_label)
@@ -84,7 +91,9 @@ class PlanPanel(QWidget):
         sl.addLayout(row)
 
         # rules
-        rules = QGroupBox("Rules (first match wins; layer ranges after regexes)")
+        rules = QGroupBox("Rules (first match wins)")
+        rules.setToolTip("Each rule gives a type to the tensors whose name matches its regex (and whose layer is "
+                         "in its range); the first matching rule wins")
         rl = QVBoxLayout(rules)
         self.rules = QTableWidget(0, 3)
         self.rules.setHorizontalHeaderLabels(["Pattern (regex)", "Layers", "Type"])
@@ -117,7 +126,7 @@ class PlanPanel(QWidget):
         self.load_btn = QPushButton("Load plan…")
         self.copy_btn = QPushButton("Copy CLI command")
         self.copy_btn.setToolTip("Copy the quant-studio command line that makes this plan")
-        self.copy_llama_btn = QPushButton("Copy llama-quantize command")
+        self.copy_llama_btn = QPushButton("Copy llama-quantize")
         self.copy_llama_btn.setToolTip("Copy llama-quantize arguments that reproduce this plan exactly")
         files = QGridLayout()
         files.addWidget(self.save_btn, 0, 0)
@@ -140,6 +149,8 @@ class PlanPanel(QWidget):
         lay.addStretch(1)
 
         self.preset.currentTextChanged.connect(self._preset)
+        self.preset.currentIndexChanged.connect(
+            lambda _: self.preset_info.setText(self.preset.currentData(DESCRIPTION_ROLE) or ""))
         self.tok_type.currentTextChanged.connect(self._special)
         self.out_type.currentTextChanged.connect(self._special)
         self.sel_apply.clicked.connect(self._apply_selection)
@@ -166,6 +177,7 @@ class PlanPanel(QWidget):
             i = self.preset.findText(rules.preset)
             if i >= 0:
                 self.preset.setCurrentIndex(i)
+            self.preset_info.setText(self.preset.currentData(DESCRIPTION_ROLE) or "")
             self.tok_type.setCurrentText(rules.token_embedding_type or DEFAULT)
             self.out_type.setCurrentText(rules.output_tensor_type or DEFAULT)
             self.rules.setRowCount(len(rules.rules))

@@ -47,7 +47,8 @@ class _PlotPanel(QWidget):
         self.controls = QHBoxLayout()
         self.caption = QLabel()
         self.caption.setWordWrap(True)
-        # a fixed height: a new caption never re-lays out (and so re-draws) the plot
+        # a fixed height, changed only when the text would not fit (_fit_caption): a new caption
+        # rarely re-lays out (and so re-draws) the plot, and is never cut
         self.caption.setFixedHeight(2 * self.caption.fontMetrics().lineSpacing() + 6)
         self.caption.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         lay = QVBoxLayout(self)
@@ -61,6 +62,22 @@ class _PlotPanel(QWidget):
         self.dark = dark
         style_plot(self.pw, dark)
 
+    def set_caption(self, text: str) -> None:
+        self.caption.setText(text)
+        self._fit_caption()
+
+    def _fit_caption(self) -> None:
+        lab = self.caption
+        width = self.width() - 8 if self.layout() is not None else lab.width()    # the margins are 4 + 4
+        need = lab.heightForWidth(max(width, 50)) if lab.text() else 0
+        h = max(2 * lab.fontMetrics().lineSpacing() + 6, need + 4)
+        if h != lab.height() and h != lab.minimumHeight():
+            lab.setFixedHeight(h)
+
+    def resizeEvent(self, ev) -> None:
+        super().resizeEvent(ev)
+        self._fit_caption()
+
 
 class HistogramPlot(_PlotPanel):
     """Weight histogram (linear or log counts), outlier thresholds and the largest values marked,
@@ -72,7 +89,7 @@ class HistogramPlot(_PlotPanel):
         self.log = QCheckBox("Log counts", checked=True)
         self.show_overlay = QCheckBox("Dequantized overlay", checked=True)
         self.show_overlay.setToolTip("Histogram of a sample of rows after quantizing to the selected type "
-                                     "and back: the levels the type can represent")
+                                     "and back (the sample's own counts, not scaled to the whole tensor)")
         self.controls.addWidget(self.log)
         self.controls.addWidget(self.show_overlay)
         self.controls.addStretch(1)
@@ -118,7 +135,7 @@ class HistogramPlot(_PlotPanel):
         if st is None or st.n_finite == 0:
             for it in [self.curve, self.ov_curve, self.top_marks] + self.sigma_lines:
                 it.setVisible(False)
-            self.caption.setText("Statistics are being computed…" if st is None else "No finite values.")
+            self.set_caption("Statistics are being computed…" if st is None else "No finite values.")
             return
         floor = 0.5 if log else 0.0       # log axes cannot show empty bins: draw them at 1/2
         self.curve.setFillLevel(math.log10(floor) if log else 0.0)   # in view (log) coordinates
@@ -127,10 +144,10 @@ class HistogramPlot(_PlotPanel):
         ov = self.overlay
         show_ov = ov is not None and self.show_overlay.isChecked() and ov.n_finite > 0
         if show_ov:
-            wo = (st.hist_edges[-1] - st.hist_edges[0]) / max(len(st.hist_counts), 1)
-            wd = (ov.hist_edges[-1] - ov.hist_edges[0]) / max(len(ov.hist_counts), 1)
-            scale = (st.n_finite / ov.n_finite) * (wo / wd if wd > 0 else 1.0)   # same area as the weights
-            self.ov_curve.setData(ov.hist_edges, np.maximum(ov.hist_counts * scale, floor))
+            # the sample's own counts, not scaled up to the tensor: one weight in a tail bin is drawn
+            # as 1, so a type that adds no tails shows none (scaled, every lone sample value read ~500)
+            self.ov_curve.setData(ov.hist_edges, np.maximum(ov.hist_counts.astype(np.float64), floor))
+            self._legend_name(self.ov_curve, f"after {self.overlay_type}: sample of {ov.n_finite:,} weights")
         self.ov_curve.setVisible(show_ov)
         has_sigma = math.isfinite(st.std) and st.std > 0
         for line, k in zip(self.sigma_lines, (-3, 3, -6, 6)):
@@ -143,11 +160,27 @@ class HistogramPlot(_PlotPanel):
         self.top_marks.setVisible(bool(st.top))
         pi.enableAutoRange()
         o3, o6 = st.outliers_k.get(3, 0), st.outliers_k.get(6, 0)
-        self.caption.setText(
+        self.set_caption(
             f"{st.n_finite:,} weights · mean {fmt.num(st.mean, 3)} · std {fmt.num(st.std, 3)} · kurtosis "
             f"{fmt.num(st.kurtosis, 3)} · beyond 3σ: {o3:,} · beyond 6σ: <span style='color:{WARN}'>{o6:,}</span>"
             + (f" · NaN {st.nan_count:,} · Inf {st.inf_count:,}" if st.nan_count or st.inf_count else "")
-            + (f" · orange: after {self.overlay_type} (sample of rows)" if show_ov else ""))
+            + (f"<br><span style='color:{OVERLAY}'>orange</span>: {self.overlay_sample_text()}" if show_ov else ""))
+
+    def overlay_sample_text(self) -> str:
+        """What the orange curve is: exact counts of a sample of rows, said so with its size."""
+        ov, st = self.overlay, self.stats
+        if ov is None or st is None:
+            return ""
+        rows = ov.shape[0] if len(ov.shape) > 1 else 1
+        total = st.shape[0] if len(st.shape) > 1 else 1
+        return (f"after {self.overlay_type} and back, a sample's own counts: {ov.n_finite:,} weights "
+                f"({rows:,} of {total:,} rows)")
+
+    def _legend_name(self, item, text: str) -> None:
+        legend = self.pw.getPlotItem().legend
+        for sample, label in getattr(legend, "items", []):
+            if sample.item is item:
+                label.setText(text)
 
 
 class ChannelPlot(_PlotPanel):
@@ -187,7 +220,7 @@ class ChannelPlot(_PlotPanel):
         if st is None or st.n_finite == 0:
             for it in (self.curve, self.median, self.marks):
                 it.setVisible(False)
-            self.caption.setText("")
+            self.set_caption("")
             return
         cols = self.axis.currentIndex() == 0
         vals = st.col_absmax if cols else st.row_absmax
@@ -207,7 +240,7 @@ class ChannelPlot(_PlotPanel):
         self.marks.setVisible(n_out > 0)
         self.pw.getPlotItem().enableAutoRange()
         what = "channels" if cols else "rows"
-        self.caption.setText(f"{vals.size:,} {what} · max/median {fmt.num(ratio, 3)} · "
+        self.set_caption(f"{vals.size:,} {what} · max/median {fmt.num(ratio, 3)} · "
                              f"{n_out} {what} above {self.FACTOR:g}× the median (red)")
 
 
@@ -236,6 +269,12 @@ class LayerHeatmap(_PlotPanel):
         self.pw.showGrid(x=False, y=False)
         self.bar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False, width=14)
         self.bar.setImageItem(self.img, insert_in=self.pw.getPlotItem())
+        # the selected tensor: a frame around its cell
+        self.mark = pg.PlotDataItem(pen=None, symbol="s", symbolSize=1, symbolBrush=pg.mkBrush(None),
+                                    symbolPen=pg.mkPen(WARN, width=2.5), pxMode=False)
+        self.mark.setZValue(10)
+        self.pw.addItem(self.mark)
+        self.selected: Optional[str] = None
         self.session = None
         self._dirty = True
         self.kinds: list[str] = []
@@ -246,6 +285,24 @@ class LayerHeatmap(_PlotPanel):
 
     def set_session(self, session) -> None:
         self.session = session
+
+    def set_selected(self, name: Optional[str]) -> None:
+        """Frame the cell of ``name`` (nothing when it has none)."""
+        self.selected = name
+        self._place_mark()
+
+    def cell_of(self, name: Optional[str]) -> Optional[tuple[int, int]]:
+        return next((rc for rc, n in self.grid.items() if n == name), None) if name else None
+
+    def _place_mark(self) -> None:
+        rc = self.cell_of(self.selected)
+        if rc is None or self.values is None:
+            self.mark.setData([], [])
+            self.mark.setVisible(False)
+            return
+        r, c = rc
+        self.mark.setData([c + 0.5], [r + 0.5])          # cell (r, c) spans [c, c+1] x [r, r+1]
+        self.mark.setVisible(True)
 
     def value(self, name: str) -> Optional[float]:
         s = self.session
@@ -263,6 +320,17 @@ class LayerHeatmap(_PlotPanel):
         super().showEvent(ev)
         if self._dirty:
             self.redraw()
+
+    def resizeEvent(self, ev) -> None:
+        super().resizeEvent(ev)
+        if self.values is not None:
+            self._dirty = True                      # the layer labels' spacing follows the width
+            from .workers import soon
+            if not hasattr(self, "_resize_timer"):
+                from PySide6.QtCore import QTimer
+                self._resize_timer = QTimer(self, singleShot=True, interval=150)
+                self._resize_timer.timeout.connect(self.redraw)
+            soon(self._resize_timer)
 
     def redraw(self, force: bool = False) -> None:
         """Redraw now if visible (or ``force``), else when next shown."""
@@ -292,10 +360,18 @@ class LayerHeatmap(_PlotPanel):
         self.kinds, self.values = kinds, vals
         ax = self.pw.getPlotItem().getAxis("left")
         ax.setTicks([[(i + 0.5, k.replace(".weight", "")) for i, k in enumerate(kinds)]])
+        # layer numbers under the middle of their column (every n-th when there are many)
+        width = self.pw.getPlotItem().getViewBox().width() or self.pw.width()
+        step = max(1, math.ceil(n_layers / max(2, width // 26)))              # a label per 26 px at most
+        step = next(k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, step) if k >= step)
+        self.pw.getPlotItem().getAxis("bottom").setTicks(
+            [[(c + 0.5, str(c)) for c in range(0, max(n_layers, 1), step)], []])
         finite = vals[np.isfinite(vals)]
         if finite.size == 0:
             self.img.clear()
-            self.caption.setText("Waiting for statistics…")
+            self._place_mark()
+            done, total = s.stats_progress() if hasattr(s, "stats_progress") else (0, 0)
+            self.set_caption(f"Waiting for statistics… ({done}/{total} tensors)")
             return
         lo, hi = float(finite.min()), float(finite.max())
         if hi <= lo:
@@ -304,10 +380,13 @@ class LayerHeatmap(_PlotPanel):
         self.img.setRect(0, 0, vals.shape[1], vals.shape[0])
         self.bar.setLevels((lo, hi))
         self.pw.getPlotItem().setLimits(xMin=-0.5, xMax=vals.shape[1] + 0.5, yMin=-0.5, yMax=vals.shape[0] + 0.5)
-        self.pw.getPlotItem().autoRange()
+        self._place_mark()
+        self.pw.getPlotItem().autoRange(items=[self.img])
         have = int(np.isfinite(vals).sum())
-        self.caption.setText(f"{self.metric.currentText()} of {have} / {len(self.grid)} layer tensors "
-                             f"(range {fmt.num(lo, 3)} – {fmt.num(hi, 3)}); click a cell to select the tensor")
+        done, total = s.stats_progress() if hasattr(s, "stats_progress") else (0, 0)
+        self.set_caption(f"{self.metric.currentText()} of {have} / {len(self.grid)} layer tensors "
+                             f"(range {fmt.num(lo, 3)} – {fmt.num(hi, 3)}); click a cell to select the tensor"
+                             + (f"<br>statistics {done}/{total} tensors (as in the status bar)" if done < total else ""))
 
     def _click(self, ev) -> None:
         p = ev.pos()
@@ -328,6 +407,7 @@ class FrontierPlot(pg.PlotWidget):
         self.setLogMode(False, True)
         self.showGrid(x=True, y=True, alpha=0.15)
         self.setMinimumHeight(150)
+        self.setMinimumWidth(240)            # narrower, its axis labels overlap (the dock scrolls instead)
         self.points: list = []
         self.current: Optional[tuple[float, float]] = None
         self.dark = False
@@ -337,6 +417,15 @@ class FrontierPlot(pg.PlotWidget):
         self.labels: list = []
         self.addItem(self.dots)
         self.addItem(self.star)
+        self.getPlotItem().getViewBox().setDefaultPadding(0.08)     # room for the names of the outer dots
+        self._axes(False)
+
+    def _axes(self, shown: bool) -> None:
+        """No empty axes while the points are being estimated: a line that says so instead."""
+        for ax in ("left", "bottom"):
+            self.getPlotItem().showAxis(ax, shown)
+        self.setTitle(None if shown else "Size vs error of the presets: estimating…",
+                      color="#8b8d98", size="9pt")
 
     def set_dark(self, dark: bool) -> None:
         self.dark = dark
@@ -353,6 +442,8 @@ class FrontierPlot(pg.PlotWidget):
             self.removeItem(t)
         self.labels = []
         pts = [(n, b, r) for n, b, r, *_ in points if r and r > 0 and math.isfinite(r)]
+        self._axes(bool(pts))
+        self.star.setVisible(bool(pts))                  # no lone star on a chart without axes
         if not pts:
             self.dots.setData([], [])
             return
@@ -369,7 +460,8 @@ class FrontierPlot(pg.PlotWidget):
             if any(abs(x - px) < 0.07 * span and abs(ly - py) < 0.35 for px, py in placed):
                 continue                            # crowded: the dot stays, its name does not
             placed.append((x, ly))
-            t = pg.TextItem(n, color=fg, anchor=(0, 1))
+            right = x > xs.min() + 0.6 * span       # names of the right-hand dots go to their left: never clipped
+            t = pg.TextItem(n, color=fg, anchor=(1, 1) if right else (0, 1))
             t.setFont(font)
             t.setPos(x, ly)
             self.addItem(t)

@@ -261,6 +261,8 @@ class QuantizePanel(QWidget):
         self._flush_log()
         self.log.appendPlainText(f"failed: {e}")
         self.summary.setText(f"<b style='color:#e5484d'>Failed</b>: {e}. No output was written.")
+        _set(self.overall, 0)
+        _set(self.tensor_bar, 0)
         self.stopped.emit("failed")
         self.errorRaised.emit("Quantization failed", e)
 
@@ -268,6 +270,8 @@ class QuantizePanel(QWidget):
         self._flush_log()
         self.log.appendPlainText("cancelled; no output was written")
         self.summary.setText("<b>Cancelled</b>. No output was written.")
+        _set(self.overall, 0)                    # nothing was written: no bar stays half full
+        _set(self.tensor_bar, 0)
         self.stopped.emit("cancelled")
 
     def _finished(self) -> None:

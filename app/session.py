@@ -250,11 +250,20 @@ class Session(QObject, PreviewsMixin):
         if isinstance(st, BaseException):
             m.stats_errors[name] = st
             self.backgroundError.emit(f"statistics of {name}", st)
-            return
-        m.stats[name] = st
-        self.statsReady.emit(name)
+        else:
+            m.stats[name] = st
+            self.statsReady.emit(name)
+        if m is self.model:
+            self.statsProgress.emit(*self.stats_progress())
+
+    def stats_progress(self) -> tuple[int, int]:
+        """(tensors whose statistics are known or failed, tensors that have statistics): the one count
+        the status bar and the heat map both show."""
+        m = self.model
+        if m.source is None:
+            return 0, 0
         total = sum(1 for t in m.source.tensors if t.ggml_type is not None)
-        self.statsProgress.emit(len(m.stats), total)
+        return len(m.stats) + len(m.stats_errors), total
 
     # -- the plan ---------------------------------------------------------------------------
     def set_rules(self, rules: PlanRules) -> bool:

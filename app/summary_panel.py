@@ -43,6 +43,13 @@ class SummaryPanel(QWidget):
         self.tree.setRootIsDecorated(False)
         self.tree.setUniformRowHeights(True)
         self.tree.setColumnWidth(0, 230)
+        # keys lose their middle ("llama.att…_epsilon"); a number is never cut (see _fit_columns)
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.tree.header().setStretchLastSection(True)
+        self._viewport = self.tree.viewport()
+        self._viewport.installEventFilter(self)
+        self._value_need = 0                       # pixels the widest number or short value needs
+        self.viewer = None
         self.tree.setToolTip("Double-click a value to edit it; Save As writes a new GGUF with the tensors copied")
         self.tree.itemDoubleClicked.connect(self._edit)
         self.changes: dict[str, str] = {}          # key -> the new value as typed (parsed on save)
@@ -93,7 +100,48 @@ class SummaryPanel(QWidget):
             it.setToolTip(1, fmt.short_value(val, 2000))
             items.append(it)
         self.tree.addTopLevelItems(items)
+        fm = self.tree.fontMetrics()
+        short = [it.text(1) for it in items if len(it.text(1)) <= 24]
+        self._value_need = max((fm.horizontalAdvance(t) for t in short), default=0) + 24
+        self._fit_columns()
         self._filter(self.filter.text())
+
+    def eventFilter(self, obj, ev) -> bool:
+        from PySide6.QtCore import QEvent
+        # (no call into the tree here: while the window is torn down it may be gone already)
+        if ev.type() == QEvent.Type.Resize and obj is self._viewport:
+            self._fit_columns()
+        return super().eventFilter(obj, ev)
+
+    def _fit_columns(self) -> None:
+        """The key column gives way so that every number and short value shows whole."""
+        room = self.tree.viewport().width() - self._value_need
+        self.tree.setColumnWidth(0, max(90, min(260, room)))
+
+    def show_value(self, key: str):
+        """A read-only viewer with the whole of a (long) value."""
+        from PySide6.QtWidgets import QDialog, QDialogButtonBox, QPlainTextEdit
+        val = self.changes.get(key, self.s.source.metadata.get(key) if self.s.source is not None else None)
+        if isinstance(val, (list, tuple)):
+            text = "\n".join(fmt.short_value(x, 10 ** 6) for x in val)
+            title = f"{key} ({len(val):,} items)"
+        else:
+            text, title = fmt.short_value(val, 10 ** 7).replace("⏎", "\n"), key
+        d = QDialog(self)
+        d.setWindowTitle(title)
+        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        view = QPlainTextEdit(text, readOnly=True)
+        view.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(d.reject)
+        lay = QVBoxLayout(d)
+        lay.addWidget(QLabel(f"<b>{title}</b>"))
+        lay.addWidget(view, 1)
+        lay.addWidget(buttons)
+        d.resize(640, 420)
+        d.show()
+        self.viewer = d
+        return d
 
     # -- editing ------------------------------------------------------------------------------
     def editable(self) -> bool:
@@ -101,16 +149,9 @@ class SummaryPanel(QWidget):
 
     def _edit(self, item: QTreeWidgetItem, _column: int) -> None:
         key = item.text(0)
-        if not self.editable():                   # a long value still opens whole, read-only
-            from PySide6.QtWidgets import QMessageBox
-            box = QMessageBox(QMessageBox.Icon.NoIcon, key, key, parent=self)
-            box.setDetailedText(fmt.short_value(self.s.source.metadata.get(key), 10 ** 7))
-            box.open()
-            return
         current = self.changes.get(key, self.s.source.metadata.get(key))
-        if isinstance(current, (list, tuple)) or hasattr(current, "shape"):
-            self.errorRaised.emit("Arrays are edited on the command line",
-                                  f"'{key}' is an array: use quant-studio set-metadata IN OUT '{key}=[...]'")
+        if not self.editable() or isinstance(current, (list, tuple)) or hasattr(current, "shape"):
+            self.show_value(key)                  # read-only: the whole value (arrays: set-metadata on the CLI)
             return
         text, ok = QInputDialog.getMultiLineText(self, "Edit metadata", key, str(current))
         if ok:

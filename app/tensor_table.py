@@ -175,6 +175,11 @@ class TensorTableModel(QAbstractTableModel):
                 how = "exact" if m.exact else f"sample of {m.rows} of {m.total_rows} rows"
                 return (f"{pe.type}: relative RMSE {fmt.pct(m.rel_rmse)}, SNR {fmt.db(m.snr_db)}, "
                         f"cosine {m.cosine:.6f} ({how})")
+        if c == C_REASON:                      # the whole reason, however narrow its column
+            e = self._entries.get(t.name)
+            return e.reason if e is not None and e.reason else None
+        if c == C_SHAPE:
+            return fmt.shape(t.shape)
         return t.name if c == C_NAME else TIPS.get(c)
 
     def refresh_palette(self) -> None:
@@ -399,7 +404,6 @@ class TensorTable(QWidget):
         bar.addWidget(QLabel("–"))
         bar.addWidget(self.layer_hi)
         bar.addWidget(self.grouped)
-        bar.addWidget(self.count)
 
         self.view = QTableView()
         self.view.setModel(self.proxy)
@@ -422,14 +426,32 @@ class TensorTable(QWidget):
                      (C_ERR, 76), (C_PSIZE, 84), (C_STD, 62), (C_KURT, 62), (C_O6, 44), (C_NONFINITE, 58),
                      (C_SPREAD, 70), (C_ABSMAX, 60), (C_O3, 60)):
             self.view.setColumnWidth(c, w)
+        fm = h.fontMetrics()
+        for c, title in enumerate(COLUMNS):                     # every header whole at the default size
+            need = fm.horizontalAdvance(title) + 26             # margins and the sort arrow
+            if c != C_REASON and self.view.columnWidth(c) < need:
+                self.view.setColumnWidth(c, need)
         self.view.sortByColumn(C_LAYER, Qt.SortOrder.AscendingOrder)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._menu)
 
+        self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)     # a tensor name keeps its start and end
+        # the current tensor's plan in full (its Reason cell is often too narrow for it)
+        self.details = QLabel()
+        self.details.setWordWrap(True)
+        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.details.setContentsMargins(4, 2, 4, 2)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addLayout(bar)
-        lay.addWidget(self.view)
+        lay.addWidget(self.view, 1)
+        below = QHBoxLayout()                 # the count here, not in the filter bar: a narrower centre
+        below.addWidget(self.details, 1)
+        below.addWidget(self.count, 0, Qt.AlignmentFlag.AlignTop)
+        self.count.setContentsMargins(4, 2, 4, 2)
+        lay.addLayout(below)
+        session.planChanged.connect(self._show_details)
+        session.modelOpened.connect(self._show_details)
 
         self.filter.textChanged.connect(self._refilter)
         self.regex.toggled.connect(self._refilter)
@@ -457,7 +479,26 @@ class TensorTable(QWidget):
 
     def _current(self, cur: QModelIndex, _prev) -> None:
         if cur.isValid():
+            self._show_details()
             self.tensorSelected.emit(cur.data(NAME_ROLE))
+
+    def current_name(self) -> Optional[str]:
+        cur = self.view.selectionModel().currentIndex()
+        return cur.data(NAME_ROLE) if cur.isValid() else None
+
+    def _show_details(self, *_) -> None:
+        """One line under the table: the current tensor, its planned type and the whole reason."""
+        import html
+        name, plan = self.current_name(), self.s.plan
+        e = None
+        if name and plan is not None and self.s.source is not None and name in self.s.source:
+            e = next((x for x in plan.entries if x.name == name), None)
+        if e is None:
+            self.details.setText(html.escape(name) if name else "")
+            return
+        what = e.type if e.quantize else f"{e.type} (kept)"
+        self.details.setText(f"<b>{html.escape(name)}</b> → {html.escape(what)}"
+                             + (f": {html.escape(e.reason)}" if e.reason else ""))
 
     def select(self, name: str) -> bool:
         r = self.model.row_of(name)

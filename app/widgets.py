@@ -67,3 +67,45 @@ class ProgressBar(QWidget):
     def paintEvent(self, _ev) -> None:
         p = QStylePainter(self)
         p.drawControl(QStyle.ControlElement.CE_ProgressBar, self._option())
+
+
+def scrolled(w: QWidget):
+    """``w`` inside a frameless scroll area that scrolls only when its dock is smaller than ``w``'s
+    minimum size: a small window keeps every control reachable instead of overlapping them."""
+    from PySide6.QtWidgets import QFrame, QScrollArea
+    sa = QScrollArea()
+    sa.setFrameShape(QFrame.Shape.NoFrame)
+    sa.setWidgetResizable(True)
+    sa.setWidget(w)
+    sa.setMinimumSize(160, 90)
+    return sa
+
+
+DESCRIPTION_ROLE = Qt.ItemDataRole.UserRole + 20
+
+
+def describe_items(combo, describe) -> None:
+    """Show ``describe(name)`` after each item's name in ``combo``'s list (the items' text stays the
+    bare name: findText/setCurrentText and the closed combo see only the name)."""
+    from PySide6.QtWidgets import QStyledItemDelegate
+
+    class _Described(QStyledItemDelegate):
+        def initStyleOption(self, option, index) -> None:
+            super().initStyleOption(option, index)
+            desc = index.data(DESCRIPTION_ROLE)
+            if desc:
+                option.text = f"{option.text}   —   {desc}"
+
+    for i in range(combo.count()):
+        name = combo.itemText(i)
+        desc = describe(name) or ""
+        if desc.startswith(name + ": "):
+            desc = desc[len(name) + 2:]
+        combo.setItemData(i, desc, DESCRIPTION_ROLE)
+    view = combo.view()
+    view.setItemDelegate(_Described(view))
+    fm = combo.fontMetrics()
+    widest = max((fm.horizontalAdvance(f"{combo.itemText(i)}   —   {combo.itemData(i, DESCRIPTION_ROLE)}")
+                  for i in range(combo.count())), default=0)
+    view.setMinimumWidth(widest + 40)
+    view.setTextElideMode(Qt.TextElideMode.ElideNone)

@@ -66,6 +66,11 @@ class TaskHandle(QObject):
         self.finished.emit()
 
     def _done(self, task: Task) -> None:
+        from shiboken6 import isValid
+        if not isValid(self):
+            # the handle went with its window (a task of a closed window's session, ended later by the
+            # shared pool while another window shuts down): nobody listens, and emitting would raise
+            return
         self._end(task.state, task.result, task.error)
 
 
@@ -115,7 +120,14 @@ class Workers(QObject):
         return h
 
     def _callbacks(self, h: TaskHandle) -> dict:
-        return dict(progress=h.progress.emit, post=h.posted.emit, done=h._done)
+        from shiboken6 import isValid
+
+        def live(signal: str):
+            # a message of a task whose handle went with its window (the pools are shared by every window
+            # of the process) is dropped: emitting from a deleted QObject raises in the poll timer
+            return lambda x: getattr(h, signal).emit(x) if isValid(h) else None
+
+        return dict(progress=live("progress"), post=live("posted"), done=h._done)
 
     def submit(self, target: str, *args: Any, name: str = "task", priority: int = 0, user: bool = False,
                **kwargs: Any) -> TaskHandle:

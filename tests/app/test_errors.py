@@ -32,7 +32,7 @@ def test_corrupt_files_give_a_dialog(qtbot, window, synthetic_path, tmp_path):
         for box in _dialogs(win):
             box.close()
     # the window still holds the model it had, and works
-    assert win.s.source.name == name and win.windowTitle().endswith(name)
+    assert win.s.source.name == name and win.windowTitle().startswith(name + " — ")
     assert win.table.model.rowCount() == len(win.s.source.tensors)
 
 

@@ -23,7 +23,7 @@ def test_open_inspect_edit_preview(qtbot, window, demo_path):
     win = window
     open_model(qtbot, win, demo_path)
     src = win.s.source
-    assert win.windowTitle() == f"Quant Studio — {src.name}"
+    assert win.windowTitle() == f"{src.name} — Quant Studio"
     assert win.table.model.rowCount() == len(src.tensors) == 272
     assert win.summary.values["Architecture"].text() == "llama"
     assert win.summary.tree.topLevelItemCount() == len(src.metadata)
@@ -198,7 +198,7 @@ def test_start_with_a_model_and_recent_files(qtbot, synthetic_path, demo_path):
     qtbot.addWidget(win)
     try:
         qtbot.waitUntil(lambda: win.s.source is not None, timeout=20000)
-        assert win.windowTitle() == f"Quant Studio — {win.s.source.name}"
+        assert win.windowTitle() == f"{win.s.source.name} — Quant Studio"
         assert win.recent_files()[0] == synthetic_path
         with qtbot.waitSignal(win.s.modelOpened, timeout=20000):
             win.open_demo()
@@ -228,7 +228,7 @@ def test_undo_redo_and_unsaved_edits_are_not_lost(qtbot, window, synthetic_path,
     first = {e.name: e.type for e in s.plan.entries}
     s.set_preset("Q5_0")
     s.set_types(["blk.0.ffn_down.weight"], "Q8_0")
-    assert s.dirty and win.windowTitle().endswith(" *") and win.undo_action.isEnabled()
+    assert s.dirty and win.windowTitle().endswith(" * — Quant Studio") and win.undo_action.isEnabled()
     edited = {e.name: e.type for e in s.plan.entries}
     win.undo_action.trigger()
     assert s.plan.entry("blk.0.ffn_down.weight").type == "Q5_0"

@@ -1,0 +1,170 @@
+"""The README's pictures: every view of the studio on the demo model, in a real X window.
+
+    python bench/screenshots.py [--out resources/screenshots] [--sizes 1680x1050,1024x700]
+
+Starts Xvfb with the openbox window manager (``apt-get install xvfb xauth openbox``), runs the studio in
+it, and saves one PNG per view and window size, grabbed from the X screen (what a user sees: window
+manager, overlapping docks and all). With ``--here`` it uses the current display instead (or Qt's
+offscreen platform when there is none: then the window is rendered without a window manager).
+Look at the pictures: a layout defect (a covered button, a cut label) shows there first.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = "blk.0.ffn_down.weight"
+# the size-vs-error chart with these presets only (every preset would take minutes more on two cores)
+FRONTIER_PRESETS = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K"]
+# (file name, docks raised, plot tab, dark)
+VIEWS = [("histogram", ("plan", "preview"), 0, False),
+         ("channels", ("model", "preview"), 1, False),
+         ("layers", ("plan", "quantize"), 2, False),
+         ("histogram-dark", ("plan", "preview"), 0, True)]
+
+
+def _free_display() -> int:
+    for n in range(99, 160):
+        if not os.path.exists(f"/tmp/.X11-unix/X{n}") and not os.path.exists(f"/tmp/.X{n}-lock"):
+            return n
+    raise RuntimeError("no free X display number")
+
+
+def run_in_xvfb(argv: list[str], width: int = 1920, height: int = 1200) -> int:
+    """Run this script with ``--here`` under a fresh Xvfb + openbox; both are stopped afterwards."""
+    for tool in ("Xvfb", "openbox"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: apt-get install -y xvfb xauth openbox")
+    n = _free_display()
+    env = dict(os.environ, DISPLAY=f":{n}", QT_QPA_PLATFORM="xcb")
+    xvfb = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wm = None
+    try:
+        for _ in range(100):                                  # the display is up when its socket is
+            if os.path.exists(f"/tmp/.X11-unix/X{n}"):
+                break
+            time.sleep(0.05)
+        wm = subprocess.Popen(["openbox"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        return subprocess.call([sys.executable, os.path.abspath(__file__), "--here"] + argv, env=env)
+    finally:
+        for p in (wm, xvfb):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def capture(out: str, sizes: list[tuple[int, int]]) -> list[str]:
+    """Open the demo model in a studio window and save each view at each size; returns the paths."""
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    sys.path.insert(0, ROOT)
+    from PySide6.QtCore import QEventLoop
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication
+
+    from app import theme
+    from app.main import _application
+    from app.main_window import MainWindow
+    from core.demo import demo_model_path
+
+    app = _application(offscreen=os.environ.get("QT_QPA_PLATFORM") == "offscreen")
+    settings = tempfile.mkdtemp(prefix="qs-shots-")
+    theme.use_settings_file(os.path.join(settings, "settings.ini"))    # a first start, not the user's layout
+
+    def wait(ms: int) -> None:
+        end = time.monotonic() + ms / 1000
+        while time.monotonic() < end:
+            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+            time.sleep(0.01)
+
+    def wait_until(pred, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > end:
+                print(f"  (gave up waiting for {what})", file=sys.stderr)
+                return
+            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            time.sleep(0.02)
+
+    win = MainWindow(follow_system_theme=False)
+    win.ask_unsaved = lambda *a, **k: "discard"
+    win.s.frontier_presets = FRONTIER_PRESETS
+    win.show()
+    win.open_path(demo_model_path())
+    wait_until(lambda: win.s.source is not None, 60, "the model")
+    win.table.select(NAME)
+    wait_until(lambda: NAME in win.s.stats, 60, "statistics")
+    wait_until(lambda: win.preview.metrics and all(m.exact for m in win.preview.metrics), 240, "candidates")
+    wait_until(lambda: win.hist.overlay is not None, 60, "the overlay")
+    wait_until(lambda: win.stats_label.text() == "statistics complete", 240, "all statistics")
+    wait_until(lambda: bool(win.preview.frontier.points), 180, "the presets' frontier")
+    os.makedirs(out, exist_ok=True)
+    paths = []
+    screen = QGuiApplication.primaryScreen()
+    for w, h in sizes:
+        win.showNormal()
+        win.resize(w, h)
+        win.move(0, 0)
+        wait_until(lambda: (win.width(), win.height()) == (w, h), 5, "the window manager's resize")
+        wait(400)
+        win.reset_layout()
+        wait(300)
+        for name, docks, tab, dark in VIEWS:
+            win.set_dark(dark)
+            for d in docks:
+                win.docks[d].raise_()
+            win.plots.setCurrentIndex(tab)
+            win.heatmap.redraw(force=True)
+            wait(300)
+            fg = win.frameGeometry()
+            shot = screen.grabWindow(0, fg.x(), fg.y(), fg.width(), fg.height()) \
+                if os.environ.get("QT_QPA_PLATFORM") != "offscreen" else win.grab()
+            if shot.isNull() or shot.width() < 100:
+                shot = win.grab()
+            path = os.path.join(out, f"{w}x{h}-{name}.png")
+            shot.save(path)
+            paths.append(path)
+            print(f"{path}  window {win.width()}x{win.height()}, plan dock {win.docks['plan'].width()} px, "
+                  f"preview dock {win.docks['preview'].height()} px")
+        win.set_dark(False)
+    # the user guide, once
+    guide = win.show_guide()
+    guide.resize(760, 560)
+    wait(300)
+    path = os.path.join(out, "guide.png")
+    guide.grab().save(path)
+    paths.append(path)
+    guide.close()
+    win.close()
+    QApplication.processEvents()
+    shutil.rmtree(settings, ignore_errors=True)
+    return paths
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.path.join(ROOT, "resources", "screenshots"))
+    p.add_argument("--sizes", default="1680x1050,1024x700", help="window sizes, WxH[,WxH…]")
+    p.add_argument("--here", action="store_true", help="use the current display (no Xvfb of our own)")
+    args = p.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    if not args.here:
+        return run_in_xvfb(["--out", args.out, "--sizes", args.sizes])
+    paths = capture(os.path.abspath(args.out), sizes)
+    print(f"{len(paths)} pictures in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
