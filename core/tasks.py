@@ -214,3 +214,65 @@ def set_metadata(ctx, path: str, output: str, changes: list, remove: Sequence[st
     """core.metadata_edit.set_metadata: a copy of ``path`` with its metadata edited."""
     from .metadata_edit import set_metadata as run
     return run(source(path), output, changes, remove, progress=ctx.progress, cancel=ctx.cancel)
+
+
+def calibrate(ctx, path: str, output: str, text_path: Optional[str] = None, n_ctx: int = 512, n_chunks: int = -1,
+              threads: Optional[int] = None) -> dict:
+    """core.eval: an importance matrix of the model at ``path`` from a text (the built-in one when None),
+    written to ``output`` (GGUF imatrix, or legacy .dat by extension). Returns a summary."""
+    from .eval.run import compute_imatrix, imatrix_provenance, prepare_chunks, read_text
+    src = source(path)
+    text, name = read_text(text_path)
+    chunks = prepare_chunks(src, text, n_ctx, n_chunks)
+    col = compute_imatrix(src, chunks, threads=threads, progress=ctx.progress, cancel=ctx.cancel)
+    prov = imatrix_provenance(src, chunks, text, name)
+    out = col.write_dat(output, name) if output.lower().endswith(".dat") else col.write_gguf(output, prov)
+    return {"output": out, "dataset": name, "chunks": chunks.n_chunk, "ctx": chunks.n_ctx, "tensors": len(col.stats)}
+
+
+def evaluate(ctx, base_path: str, candidates: Sequence[dict], text_path: Optional[str] = None, n_ctx: int = 512,
+             n_chunks: int = 32, threads: Optional[int] = None) -> dict:
+    """core.eval.run.evaluate of ``candidates`` against the model at ``base_path``: each a dict with ``label``
+    and either ``path`` (a GGUF) or ``plan`` (a Plan, simulated; ``importances`` optional). Returns
+    ``{"results": [EvalResult], "tokens": (n_chunk, n_ctx) ids, "pieces": token strings, "text": name}``."""
+    from .eval.run import Candidate, evaluate as run, prepare_chunks, read_text
+    from .eval.tokenizer import load_tokenizer
+    from .plan import predict_size
+    base = source(base_path)
+    text, name = read_text(text_path)
+    chunks = prepare_chunks(base, text, n_ctx, n_chunks)
+    cands = []
+    for c in candidates:
+        if c.get("path"):
+            m = source(c["path"])
+            cands.append(Candidate(c["label"], source=m, size=os.path.getsize(c["path"]),
+                                   bpw=8.0 * m.n_bytes / max(1, m.n_params), info={"kind": "file"}))
+        else:
+            pred = predict_size(c["plan"], base)
+            cands.append(Candidate(c["label"], plan=c["plan"], importances=c.get("importances"), size=pred.total,
+                                   bpw=pred.bpw, info={"kind": c.get("kind", "plan")}))
+    results = run(base, cands, chunks, threads=threads, keep_per_token=True, progress=ctx.progress,
+                  cancel=ctx.cancel)
+    tok = load_tokenizer(base)
+    used = np.unique(chunks.tokens)
+    return {"results": results, "tokens": chunks.tokens, "pieces": {int(i): tok.piece(int(i)) for i in used},
+            "text": name, "n_ctx": chunks.n_ctx}
+
+
+def generate(ctx, paths: Sequence[str], prompt: str, n_tokens: int = 32, plans: Optional[dict] = None,
+             base_path: Optional[str] = None, threads: Optional[int] = None) -> dict:
+    """Greedy continuations of ``prompt`` by each model of ``paths`` (and each simulated plan of ``plans``:
+    label -> (plan, importances), on ``base_path``'s weights): ``{label: text}``."""
+    from .eval.generate import greedy
+    from .eval.run import plan_weights
+    from .eval.tokenizer import load_tokenizer
+    out = {}
+    jobs = [(os.path.basename(p), source(p), None) for p in paths]
+    for label, (plan, imp) in (plans or {}).items():
+        jobs.append((label, source(base_path), plan_weights(plan, imp, threads or 1)))
+    for label, src, weights in jobs:
+        ctx.check()
+        tok = load_tokenizer(src)
+        ids = greedy(src, tok.encode(prompt), n_tokens, weights=weights, threads=threads, cancel=ctx.cancel)
+        out[label] = tok.decode(ids)
+    return out

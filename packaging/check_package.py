@@ -59,6 +59,8 @@ def check_bundle(bundle: str) -> None:
         fail(f"test-only packages in the bundle: {present}")
     if not os.path.isfile(os.path.join(internal, "core", "kernels", "kquants.py")):
         fail("core's kernel modules are not shipped as source files (Numba could not cache them)")
+    if not os.path.isfile(os.path.join(internal, "core", "eval", "data", "calibration-v1.txt")):
+        fail("the built-in calibration text (core/eval/data/calibration-v1.txt) is not in the bundle")
     work = tempfile.mkdtemp(prefix="qs-bundle-check-")
     env = {"XDG_CACHE_HOME": os.path.join(work, "cache"), "HOME": work, "QT_QPA_PLATFORM": "offscreen"}
     r, _ = run([exe, "--version"], env)
