@@ -24,6 +24,7 @@ KERNEL_FAMILIES: dict[str, tuple[GGMLQuantizationType, ...]] = {
     "fp4": (T.MXFP4, T.NVFP4),
     "ternary": (T.TQ1_0, T.TQ2_0),
     "lowbit": (T.Q1_0,),
+    "iq3": (T.IQ3_XXS, T.IQ3_S),
 }
 KERNEL_FAMILY: dict[GGMLQuantizationType, str] = {t: fam for fam, ts in KERNEL_FAMILIES.items() for t in ts}
 
@@ -55,6 +56,9 @@ DESCRIPTIONS: dict[GGMLQuantizationType, str] = {
              "for models trained ternary (BitNet b1.58)",
     T.TQ2_0: "ternary {-1, 0, +1}, super-blocks of 256 with one fp16 scale, 2 bits each (2.0625 bpw); "
              "for models trained ternary",
+    T.IQ3_XXS: "3-bit lattice (256-point grid of 4-value groups), super-blocks of 256 with 4-bit block scales "
+               "(3.0625 bpw)",
+    T.IQ3_S: "3-bit lattice (512-point grid), super-blocks of 256 with 4-bit block scales and sign bits (3.4375 bpw)",
     T.Q1_0: "1-bit signs, blocks of 128 with one fp16 scale (1.125 bpw); for models trained binary",
 }
 

@@ -50,8 +50,14 @@ class Kernel:
 
     # -- single chunk (called from worker threads) -------------------------------------
     def quantize_into(self, x: np.ndarray, out: np.ndarray, importance: np.ndarray | None = None) -> None:
-        """``importance``: one weight per column of ``x`` (a tensor's imatrix entry), or None."""
-        self._q(x, _EMPTY_QW if importance is None else importance, out)
+        """``importance``: one weight per column of ``x`` (a tensor's imatrix entry), or None. Rows that make
+        llama.cpp's own quantizer abort (the i-quants on non-finite or huge values) raise PlanError."""
+        try:
+            self._q(x, _EMPTY_QW if importance is None else importance, out)
+        except ValueError as e:
+            if "llama.cpp aborts" not in str(e):
+                raise
+            raise PlanError(f"{self.name} cannot encode these weights ({e}): use another type") from None
 
     def dequantize_into(self, q: np.ndarray, out: np.ndarray) -> None:
         self._dq(q, out)
