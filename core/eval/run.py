@@ -240,10 +240,9 @@ def evaluate(base: ModelSource, candidates: Sequence[Candidate], chunks: Chunks,
                     tops.append(bc.q.argmax(axis=1).astype(np.int32))
                 for k, h in enumerate(heads):
                     _, cand_logits = next(h)
-                    before = len(reducers[k]._kld_vals)
-                    reducers[k].add(bc, cand_logits, toks[i])
+                    kl = reducers[k].add(bc, cand_logits, toks[i])
                     if keep_per_token:
-                        per_token[k].append(reducers[k]._kld_vals[before])
+                        per_token[k].append(kl)
                 del bc
             for _ in range(n_models):
                 tracker.advance(1, item=f"{label}: output")
