@@ -58,6 +58,8 @@ def read_text(path: Optional[str] = None) -> tuple[str, str]:
         raise SourceError(f"not UTF-8 text (invalid byte at offset {e.start})", p) from None
     if not text.strip():
         raise SourceError("the text file is empty", p)
+    if text.endswith("\n"):            # llama.cpp's -f drops one trailing newline (common/arg.cpp)
+        text = text[:-1]
     return text, name
 
 
