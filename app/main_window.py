@@ -191,6 +191,12 @@ class MainWindow(QMainWindow):
         q = mb.addMenu("&Quantize")
         self.run_action = self._action(q, "&Run", self.run_quantize, "Ctrl+R", "Quantize with the current plan")
         self._action(q, "&Cancel", self.quantize.cancel, "Ctrl+.")
+        q.addSeparator()
+        self._action(q, "Ca&librate (imatrix)…", self.calibrate_dialog, "Ctrl+Shift+I",
+                     "Run a text through the model and compute an importance matrix for the plan")
+        self._action(q, "&Evaluate…", self.evaluate_dialog, "Ctrl+E",
+                     "PPL and KL-divergence of the plan, presets and GGUF files against the open model")
+        q.addSeparator()
         self._action(q, "&Verify a GGUF…", self.verify_dialog, None,
                      "Check a GGUF's structure and every tensor (against the open model's weights)")
         h = mb.addMenu("&Help")
@@ -476,6 +482,28 @@ class MainWindow(QMainWindow):
         d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         d.show()
         self.compare_view = d
+        return d
+
+    def calibrate_dialog(self):
+        if self.s.source is None:
+            self.status("Open a model first", 5000)
+            return None
+        from .eval_view import CalibrateDialog
+        d = CalibrateDialog(self.s, self)
+        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        d.show()
+        self.calibrate_view = d
+        return d
+
+    def evaluate_dialog(self):
+        if self.s.source is None:
+            self.status("Open a model first", 5000)
+            return None
+        from .eval_view import EvaluateDialog
+        d = EvaluateDialog(self.s, self)
+        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        d.show()
+        self.evaluate_view = d
         return d
 
     def _choose_gguf(self, title: str) -> str:

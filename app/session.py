@@ -427,6 +427,53 @@ class Session(QObject, PreviewsMixin):
         """A copy of the open GGUF with its metadata edited (core.metadata_edit), in the background."""
         return self._call("metadata", "core.tasks:set_metadata", self.path, output, changes, remove, user=True)
 
+    # -- calibration and evaluation (core.eval, in the jobs pool) ---------------------------
+    def calibrate(self, output: str, text_path: Optional[str] = None, n_ctx: int = 512, n_chunks: int = -1,
+                  threads: Optional[int] = None) -> TaskHandle:
+        """An importance matrix of the open model from a text (the built-in one when None), written to
+        ``output``; loaded into the plan when it is done."""
+        if self.source is None:
+            raise PlanError("open a model first")
+        h = self._call("calibrate", "core.tasks:calibrate", self.path, output, text_path, n_ctx, n_chunks, threads,
+                       user=True)
+        h.succeeded.connect(self._bind(lambda m, summary: self.load_imatrix(summary["output"])))
+        return h
+
+    def plan_candidate(self, label: str = "current plan") -> dict:
+        """The current plan as an evaluation candidate (simulated on the open model's weights)."""
+        m = self.model
+        if m.plan is None:
+            raise PlanError("open a model and choose a plan first")
+        m.plan.check_imatrix(m.imatrix is not None)
+        imp = None
+        if m.imatrix is not None:
+            imp = {e.name: w for e in m.plan.entries if e.quantize and (w := self.importance(e.name)) is not None}
+        return {"label": label, "plan": m.plan, "importances": imp, "kind": "current plan"}
+
+    def preset_candidate(self, preset: str) -> dict:
+        """A llama-quantize preset on the open model (with the loaded imatrix), simulated."""
+        m = self.model
+        plan = core.plan.make_plan(m.source.tensors, m.source.metadata,
+                                   PlanRules.make(preset, has_imatrix=m.imatrix is not None))
+        plan.check_imatrix(m.imatrix is not None)
+        imp = None
+        if m.imatrix is not None:
+            imp = {e.name: w for e in plan.entries if e.quantize and (w := self.importance(e.name)) is not None}
+        return {"label": preset, "plan": plan, "importances": imp, "kind": "preset"}
+
+    def evaluate(self, candidates: list[dict], text_path: Optional[str] = None, n_ctx: int = 512,
+                 n_chunks: int = 16, threads: Optional[int] = None) -> TaskHandle:
+        """PPL/KLD of ``candidates`` (see core.tasks.evaluate) against the open model, in the background."""
+        if self.source is None:
+            raise PlanError("open a model first")
+        return self._call("evaluate", "core.tasks:evaluate", self.path, candidates, text_path, n_ctx, n_chunks,
+                          threads, user=True)
+
+    def generate(self, prompt: str, paths: list[str], plans: dict, n_tokens: int = 32) -> TaskHandle:
+        """Greedy continuations of ``prompt`` by the open model, the files ``paths`` and simulated ``plans``."""
+        return self._call("generate", "core.tasks:generate", [self.path] + list(paths), prompt, n_tokens, plans,
+                          self.path, user=True)
+
     # -- quantizing -------------------------------------------------------------------------
     def quantize(self, output: str, threads: Optional[int] = None,
                  split_max_size: Optional[int] = None) -> TaskHandle:

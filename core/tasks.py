@@ -255,7 +255,11 @@ def evaluate(ctx, base_path: str, candidates: Sequence[dict], text_path: Optiona
                   cancel=ctx.cancel)
     tok = load_tokenizer(base)
     used = np.unique(chunks.tokens)
-    return {"results": results, "tokens": chunks.tokens, "pieces": {int(i): tok.piece(int(i)) for i in used},
+    pieces = {}
+    for i in used:
+        p = tok.piece(int(i))
+        pieces[int(i)] = p.decode("utf-8", "replace") if isinstance(p, bytes) else str(p)
+    return {"results": results, "tokens": chunks.tokens, "pieces": pieces,
             "text": name, "n_ctx": chunks.n_ctx}
 
 
