@@ -8,7 +8,7 @@ from typing import Optional
 
 from core.errors import PlanError
 from core.plan import Plan, make_plan
-from core.presets import PRESETS, allows_quantization
+from core.presets import PRESETS, allows_quantization, tensor_requires_imatrix
 from core.qtypes import DESCRIPTIONS, parse_type, type_info, writable_types
 from core.rules import PlanRules
 
@@ -36,6 +36,26 @@ def type_description(name: str) -> str:
     except PlanError:
         return ""
     return f"{t.name}: {DESCRIPTIONS.get(t, '')} ({type_info(t).bpw:.3g} bits/weight)"
+
+
+NEEDS_IMATRIX = "needs an importance matrix (llama.cpp refuses it without one): load one or use Calibrate"
+
+
+def preset_needs_imatrix(source, name: str) -> bool:
+    """Whether llama-quantize refuses preset ``name`` on ``source`` without an imatrix (some tensor gets a type
+    that requires one: the IQ1/IQ2/IQ3_XXS types, Q2_K in Q2_K_S)."""
+    try:
+        return make_plan(source.tensors, source.metadata, name).requires_imatrix
+    except PlanError:
+        return False
+
+
+def type_needs_imatrix(name: str, tensor: str = "blk.0.ffn_down.weight", preset: str = "Q8_0") -> bool:
+    """Whether type ``name`` needs an imatrix for ``tensor`` (llama.cpp's tensor_requires_imatrix)."""
+    try:
+        return tensor_requires_imatrix(tensor, parse_type(name), int(PRESETS[preset].ftype) if preset in PRESETS else 0)
+    except PlanError:
+        return False
 
 
 def quantizable(source, name: str) -> bool:

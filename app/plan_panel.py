@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGridL
 
 from . import plan_choices
 from .session import Session
-from .widgets import DESCRIPTION_ROLE, describe_items
+from .widgets import DESCRIPTION_ROLE, describe_items, set_item_available
 
 DEFAULT = "(preset's choice)"
 
@@ -205,8 +205,18 @@ class PlanPanel(QWidget):
         finally:
             self._updating = False
 
+    def _availability(self) -> None:
+        """Presets llama-quantize refuses on this model without an imatrix are shown unavailable (with the
+        reason) until one is loaded."""
+        s = self.s
+        for i in range(self.preset.count()):
+            name = self.preset.itemText(i)
+            needs = s.source is not None and s.imatrix is None and plan_choices.preset_needs_imatrix(s.source, name)
+            set_item_available(self.preset, i, not needs, plan_choices.NEEDS_IMATRIX)
+
     def _imatrix(self) -> None:
         s = self.s
+        self._availability()
         if s.imatrix is None:
             self.imatrix_label.setText("none")
             self.imatrix_label.setToolTip("")

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComb
                                QWidget)
 
 from . import fmt, plan_choices
+from .widgets import set_item_available
 from .session import Session
 
 COLUMNS = ["Tensor", "Layer", "Shape", "Type", "Size", "Planned", "bpw", "Pred. error", "Planned size", "Std",
@@ -350,6 +351,8 @@ class TypeDelegate(QStyledItemDelegate):
         for i, t in enumerate(plan_choices.type_names(row_len)):
             combo.addItem(t)
             combo.setItemData(i, plan_choices.type_description(t), Qt.ItemDataRole.ToolTipRole)
+            if self.s.imatrix is None and plan_choices.type_needs_imatrix(t, name, self.s.rules.preset):
+                set_item_available(combo, i, False, plan_choices.NEEDS_IMATRIX)
         combo.activated.connect(lambda _=0, c=combo: self.commitData.emit(c))
         return combo
 
@@ -529,6 +532,9 @@ class TensorTable(QWidget):
         for t in fits:
             a = sub.addAction(t)
             a.setToolTip(plan_choices.type_description(t))
+            if self.s.imatrix is None and any(plan_choices.type_needs_imatrix(t, n, self.s.rules.preset) for n in names):
+                a.setEnabled(False)
+                a.setToolTip(f"Unavailable: {plan_choices.NEEDS_IMATRIX}")
             a.triggered.connect(lambda _=False, t=t, ns=names: self.s.set_types(ns, t))
         sub.setToolTipsVisible(True)
         clear = menu.addAction("Clear manual types")

@@ -82,6 +82,7 @@ def scrolled(w: QWidget):
 
 
 DESCRIPTION_ROLE = Qt.ItemDataRole.UserRole + 20
+UNAVAILABLE_BASE_ROLE = Qt.ItemDataRole.UserRole + 21
 
 
 def describe_items(combo, describe) -> None:
@@ -109,3 +110,17 @@ def describe_items(combo, describe) -> None:
                   for i in range(combo.count())), default=0)
     view.setMinimumWidth(widest + 40)
     view.setTextElideMode(Qt.TextElideMode.ElideNone)
+
+
+def set_item_available(combo, index: int, available: bool, why: str = "") -> None:
+    """Enable or disable one item of ``combo`` (a QStandardItemModel's), saying why in its tooltip; the
+    item's own description stays in front of the reason."""
+    item = combo.model().item(index)
+    if item is None:
+        return
+    base = item.data(UNAVAILABLE_BASE_ROLE)
+    if base is None:
+        base = item.toolTip()
+        item.setData(base, UNAVAILABLE_BASE_ROLE)
+    item.setEnabled(available)
+    item.setToolTip(base if available else (f"Unavailable: {why}" + (f"\n{base}" if base else "")))

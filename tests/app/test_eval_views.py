@@ -80,3 +80,36 @@ def test_evaluate_cancel(qtbot, window, demo_path, prose_path):
     qtbot.waitUntil(lambda: d.run_btn.isEnabled(), timeout=60000)
     assert d.summary.text() == "Cancelled." and d.data is None
     d.close()
+
+
+def test_types_and_presets_needing_an_imatrix_are_unavailable_until_one_is_loaded(qtbot, window, synthetic_path,
+                                                                                tmp_path):
+    """IQ2_XXS & co. (and presets that use them, and Q2_K_S) are refused by llama.cpp without an imatrix:
+    the studio shows them disabled, saying why, and enables them once an imatrix is loaded."""
+    from core.imatrix import ImatrixData
+    from core.models import open_model as core_open
+
+    win = window
+    open_in_studio(qtbot, win, synthetic_path)
+    combo = win.plan_panel.preset
+    item = combo.model().item(combo.findText("Q2_K_S"))
+    assert not item.isEnabled() and "importance matrix" in item.toolTip()
+    assert combo.model().item(combo.findText("Q4_K_M")).isEnabled()
+    assert not combo.model().item(combo.findText("IQ3_XXS")).isEnabled()
+    # the per-tensor type editor
+    from app.tensor_table import TypeDelegate
+    delegate = TypeDelegate(win.table.view, win.s)
+    t = win.table
+    type_col = next(c for c in range(t.model.columnCount()) if t.model.headerData(c, Qt.Orientation.Horizontal) == "Type")
+    idx = t.model.index(t.model.row_of("blk.0.ffn_down.weight"), type_col)
+    editor = delegate.createEditor(win.table.view.viewport(), None, idx)
+    states = {editor.itemText(i): editor.model().item(i).isEnabled() for i in range(editor.count())}
+    assert states["IQ3_XXS"] is False and states["IQ4_XS"] is True and states["Q4_K"] is True
+    # with an imatrix everything is available
+    im = ImatrixData.random_for(core_open(synthetic_path).tensors, n_tokens=64, seed=1)
+    path = im.write_gguf(str(tmp_path / "im.gguf"))
+    with qtbot.waitSignal(win.s.imatrixChanged, timeout=20000):
+        win.s.load_imatrix(path)
+    assert combo.model().item(combo.findText("Q2_K_S")).isEnabled()
+    editor = delegate.createEditor(win.table.view.viewport(), None, idx)
+    assert all(editor.model().item(i).isEnabled() for i in range(editor.count()))
