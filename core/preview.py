@@ -40,7 +40,7 @@ from .chunks import CHUNK_WEIGHTS, row_chunks, run_chunks
 from .errors import PlanError, UnsupportedError
 from .kernels import get_kernel
 from .progress import CancelToken, ProgressCallback, ProgressTracker, no_progress
-from .qtypes import INTERMEDIATE_ONLY, parse_type, type_info, writable_types
+from .qtypes import INTERMEDIATE_ONLY, REQUIRES_IMATRIX, parse_type, type_info, writable_types
 
 _F64 = np.float64
 N_STATS = 8            # per-row sums: x^2, err^2, x*y, y^2, max|err|, w*err^2, w*x^2, w
@@ -600,6 +600,8 @@ def candidates(tensor, importance=None, *, name: Optional[str] = None, types: Op
     side; all share one random row order, so the rows read once serve every type."""
     rows = _Rows(tensor, name)
     ts = [parse_type(t) for t in types] if types is not None else candidate_types(rows.row_len)
+    if importance is None:                 # these types cannot be made without importance weights
+        ts = [t for t in ts if t not in REQUIRES_IMATRIX]
     sample = _Sample(rows, seed, design, threads)
     return [estimate(tensor, t, importance, name=name, sample_rows=sample_rows, time_budget=time_budget,
                      seed=seed, threads=threads, confidence=confidence, _sample=sample) for t in ts]

@@ -28,6 +28,9 @@ KERNEL_FAMILIES: dict[str, tuple[GGMLQuantizationType, ...]] = {
 }
 KERNEL_FAMILY: dict[GGMLQuantizationType, str] = {t: fam for fam, ts in KERNEL_FAMILIES.items() for t in ts}
 
+# Types whose quantizer needs importance weights (ggml_quantize_requires_imatrix: llama.cpp aborts without).
+REQUIRES_IMATRIX = {T.IQ2_XXS, T.IQ2_XS, T.IQ1_S}
+
 # Types that are intermediate-only in llama.cpp and never offered for weights.
 INTERMEDIATE_ONLY = {T.Q8_K}
 

@@ -144,6 +144,8 @@ def frontier_item(ctx, preset: str, path: str, imatrix, sample_rows: int) -> Non
         plan = make_plan(src.tensors, src.metadata, preset, has_imatrix=imatrix is not None)
     except QuantStudioError:
         return
+    if plan.requires_imatrix and imatrix is None:     # llama.cpp refuses it without one: no point to show
+        return
     pp = preview_plan(src, plan, imatrix, cache=preview_cache(), sample_rows=sample_rows, threads=1,
                       cancel=ctx.cancel)
     ctx.post((preset, planned_bytes(plan, src), pp.rel_rmse, pp.bpw))

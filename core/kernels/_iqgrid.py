@@ -1,0 +1,192 @@
+"""Lattice tables of the IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M encoders, built once per process.
+
+llama.cpp's ``iq2xs_init_impl`` (ggml-quants.c) builds, per grid, three tables that its
+quantizers search (``iq2_data[gindex]``):
+
+- ``grid``: the grid points, 8 coordinates each, stored as ``2*l + 1`` (1, 3, 5) for the
+  2-bit codes ``l`` of ``kgrid_2bit_256`` / ``kgrid_2bit_512`` / ``kgrid_2bit_1024`` /
+  ``kgrid_1bit_2048`` (the codes themselves are data: :mod:`._iqgrid_data`, hex).
+- ``map`` (``kmap_q2xs``, 43692 ints): the grid index of every 16-bit code ``u`` (coordinate
+  ``k`` in bits ``2k``) that is a grid point; for the others ``-(offset + 1)``, where
+  ``neighbours[offset]`` is a count ``n`` followed by ``n`` grid indices.
+- ``neighbours`` (``kneighbors_q2xs``): for each code off the grid, the grid points at the
+  ``nwant`` smallest distinct squared distances from its point (``2*l + 1`` per coordinate),
+  ordered by (distance, index), as the C code's ``qsort`` with ``iq2_compare_func`` leaves them;
+  ``nwant`` is 2 for IQ2_XXS / IQ2_XS, 1 for IQ2_S, 3 for IQ1_S / IQ1_M.
+
+:func:`iq2_tables` builds the same three arrays (same layout, same offsets) with a Numba
+counting pass instead of the sort: one ``lru_cache`` entry per grid, built on first use
+(0.4-1.6 s each once compiled; the first compile takes longer). :func:`encoder_tables` lays
+them out for the kernels' searches (one contiguous record per off-grid code, 4-15 MB per grid).
+The decoder grids of ggml-common.h (``iq2xxs_grid`` ... ``iq1s_grid``) are the same codes
+with coordinate values mapped through (0x08, 0x19, 0x2b) for IQ2 and (-1, 0, 1) for IQ1:
+:func:`decode_grid`. ``ksigns_iq2xs[i]`` is ``i`` with bit 7 set to the parity of ``i``.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from numba import njit
+
+from . import _iqgrid_data as _data
+
+KMAP_SIZE = 43692
+# grid name -> (codes, nwant of iq2xs_init_impl)
+_GRIDS = {
+    "iq2xxs": ("KGRID_2BIT_256", 2),
+    "iq2xs": ("KGRID_2BIT_512", 2),
+    "iq2s": ("KGRID_2BIT_1024", 1),
+    "iq1s": ("KGRID_1BIT_2048", 3),
+}
+
+
+@lru_cache(maxsize=None)
+def kgrid(name: str) -> np.ndarray:
+    """The uint16 grid codes of ``name`` (``iq2xxs``, ``iq2xs``, ``iq2s`` or ``iq1s``)."""
+    codes = _GRIDS[name][0]
+    a = np.frombuffer(bytes.fromhex("".join(getattr(_data, codes))), dtype="<u2").astype(np.uint16)
+    a.setflags(write=False)
+    return a
+
+
+def code_coords(codes: np.ndarray) -> np.ndarray:
+    """(n, 8) int8 2-bit coordinates ``l`` of uint16 codes (coordinate k in bits 2k)."""
+    c = np.asarray(codes, dtype=np.int64).reshape(-1, 1)
+    return ((c >> (2 * np.arange(8))) & 3).astype(np.int8)
+
+
+@lru_cache(maxsize=None)
+def decode_grid(name: str) -> np.ndarray:
+    """ggml-common.h's decoder grid of ``name`` as float32 (n, 8): iq2*_grid bytes or iq1s_grid."""
+    values = (np.array([-1, 0, 1, 0], np.float32) if name == "iq1s"
+              else np.array([0x08, 0x19, 0x2B, 0], np.float32))
+    g = np.ascontiguousarray(values[code_coords(kgrid(name))])
+    g.setflags(write=False)
+    return g
+
+
+@lru_cache(maxsize=None)
+def ksigns() -> np.ndarray:
+    """ksigns_iq2xs: uint8[128], i | parity(i) << 7."""
+    i = np.arange(128)
+    par = np.zeros(128, np.int64)
+    for b in range(7):
+        par ^= (i >> b) & 1
+    return (i | (par << 7)).astype(np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def _neighbour_pass(grid, kmap, nwant, counts, offsets, out):
+    """One pass of iq2xs_init_impl's neighbour search over every code off the grid:
+    with ``out`` empty it fills ``counts``, else writes each code's list at ``offsets``."""
+    ng = grid.shape[0]
+    d2 = np.empty(ng, dtype=np.int64)
+    levels = np.empty(nwant, dtype=np.int64)
+    pos = np.empty(8, dtype=np.int64)
+    fill = out.shape[0] > 0
+    for i in range(kmap.shape[0]):
+        if kmap[i] >= 0:
+            continue
+        for k in range(8):
+            pos[k] = 2 * ((i >> (2 * k)) & 3) + 1
+        for j in range(ng):
+            s = 0
+            for k in range(8):
+                t = np.int64(grid[j, k]) - pos[k]
+                s += t * t
+            d2[j] = s
+        # the nwant smallest distinct distances (fewer if the grid has fewer)
+        nl = 0
+        last = -1
+        while nl < nwant:
+            best = -1
+            for j in range(ng):
+                if d2[j] > last and (best < 0 or d2[j] < best):
+                    best = d2[j]
+            if best < 0:
+                break
+            levels[nl] = best
+            nl += 1
+            last = best
+        if not fill:
+            n = 0
+            for j in range(ng):
+                if d2[j] <= last:
+                    n += 1
+            counts[i] = n
+            continue
+        o = offsets[i]
+        n = 0
+        for t in range(nl):
+            for j in range(ng):
+                if d2[j] == levels[t]:
+                    n += 1
+                    out[o + n] = j
+        out[o] = n
+
+
+@lru_cache(maxsize=None)
+def iq2_tables(name: str):
+    """``(grid, kmap, neighbours)`` of iq2xs_init_impl for grid ``name``: int8 (n, 8) points
+    (2*l + 1), int32 kmap of 43692 entries, uint16 neighbour lists (see the module doc)."""
+    nwant = _GRIDS[name][1]
+    codes = kgrid(name)
+    grid = np.ascontiguousarray(2 * code_coords(codes) + 1).astype(np.int8)
+    kmap = np.full(KMAP_SIZE, -1, dtype=np.int32)
+    kmap[codes.astype(np.int64)] = np.arange(codes.shape[0], dtype=np.int32)
+    counts = np.zeros(KMAP_SIZE, dtype=np.int64)
+    empty = np.zeros(0, dtype=np.uint16)
+    _neighbour_pass(grid, kmap, np.int64(nwant), counts, counts, empty)
+    off_grid = kmap < 0
+    sizes = np.where(off_grid, counts + 1, 0)
+    offsets = np.cumsum(sizes) - sizes
+    neighbours = np.zeros(int(sizes.sum()), dtype=np.uint16)
+    _neighbour_pass(grid, kmap, np.int64(nwant), counts, offsets, neighbours)
+    kmap[off_grid] = -(offsets[off_grid] + 1).astype(np.int32)
+    for a in (grid, kmap, neighbours):
+        a.setflags(write=False)
+    return grid, kmap, neighbours
+
+
+@njit(cache=True, nogil=True)
+def _pack_records(kmap, nb, rec_off, rec):
+    """Search records of the off-grid codes (see encoder_tables); returns the entries used
+    (``rec`` empty: only sizes them). On-grid codes get rec_off = -(grid index + 1)."""
+    pos = 0
+    fill = rec.shape[0] > 0
+    for u in range(kmap.shape[0]):
+        if kmap[u] >= 0:
+            rec_off[u] = -np.int64(kmap[u]) - 1
+            continue
+        o = -np.int64(kmap[u]) - 1
+        n = np.int64(nb[o])
+        m = (n + 7) // 8 * 8
+        rec_off[u] = pos
+        if fill:
+            rec[pos] = m
+            for j in range(m):
+                rec[pos + 1 + j] = nb[o + 1 + min(j, n - 1)]
+        pos += 1 + m
+    return pos
+
+
+@lru_cache(maxsize=None)
+def encoder_tables(name: str):
+    """``(grid, grid32, rec_off, rec)``: the tables of :func:`iq2_tables` laid out for the
+    searches. ``grid32`` (uint32, 2 per point): the point's 8 coordinates (2*l + 1) as bytes.
+    ``rec_off`` (int32 per code ``u``): ``-(index + 1)`` for a grid point, else the offset in
+    ``rec`` (uint16) of the code's neighbour list: ``m`` then ``m`` grid indices, the ``n`` of
+    ``iq2xs_init_impl`` padded to ``m = 8*ceil(n/8)`` with copies of the last (which can never
+    win a strict first-minimum search), so that the candidates' distances are computed 8 side
+    by side (each in the C code's order) from tables as compact as the C code's."""
+    grid, kmap, nb = iq2_tables(name)
+    rec_off = np.zeros(kmap.shape[0], dtype=np.int64)
+    size = _pack_records(kmap, nb, rec_off, np.zeros(0, np.uint16))
+    rec = np.zeros(size, dtype=np.uint16)
+    _pack_records(kmap, nb, rec_off, rec)
+    rec_off = rec_off.astype(np.int32)
+    grid32 = np.ascontiguousarray(grid).view(np.uint32).reshape(-1).copy()
+    for a in (rec_off, rec, grid32):
+        a.setflags(write=False)
+    return grid, grid32, rec_off, rec
