@@ -4,7 +4,7 @@ the candidate pass), on the same model, text, context, chunks and threads, measu
 
 Usage: python bench/bench_eval.py [--model BASE.gguf] [--big] [--ctx 512] [--chunks 4] [--threads 2]
   default model: the demo dequantized to F32; --big: a synthetic llama of about 1.3 GB (F32, 4 layers of 2048
-  wide, 32000-token vocabulary) — peak RSS then shows that memory follows one layer, not the model.
+  wide, the demo's 49k-token vocabulary) — peak RSS then shows that memory follows one layer, not the model.
 Prints wall seconds, peak RSS (MiB) and the ratios ours / llama.cpp (below 1.0: we are faster / smaller).
 """
 from __future__ import annotations
@@ -49,9 +49,9 @@ def main() -> None:
     if a.model:
         base = a.model
     elif a.big:
-        from core.demo import make_synthetic_llama
+        from core.demo import demo_model_path, make_synthetic_llama
         base = make_synthetic_llama(os.path.join(work, "big-f32.gguf"), n_layer=4, n_embd=2048, n_ff=5632,
-                                    n_head=16, n_head_kv=8, n_vocab=32000)
+                                    n_head=16, n_head_kv=8, vocab_from=demo_model_path())
     else:
         from core.demo import demo_model_path
         base = os.path.join(work, "demo-f32.gguf")

@@ -57,8 +57,10 @@ def _spm_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 
 def make_synthetic_llama(path: str, *, n_layer: int = 2, n_embd: int = 256, n_ff: int = 768,
                          n_head: int = 4, n_head_kv: int = 2, n_vocab: int = 512, dtype: str = "F32",
-                         seed: int = 0, name: str = "synthetic-llama") -> str:
-    """Write a small llama GGUF (F32 or F16 weights, F32 norms) that llama.cpp can load."""
+                         seed: int = 0, name: str = "synthetic-llama", vocab_from: Optional[str] = None) -> str:
+    """Write a small llama GGUF (F32 or F16 weights, F32 norms) that llama.cpp can load. ``vocab_from``: a GGUF
+    whose tokenizer (every ``tokenizer.*`` key) the model takes, with its vocabulary size, instead of the toy
+    SentencePiece vocabulary (for text-level tests and benchmarks)."""
     from gguf import GGUFWriter
     from gguf.constants import LlamaFileType
 
@@ -75,16 +77,33 @@ def make_synthetic_llama(path: str, *, n_layer: int = 2, n_embd: int = 256, n_ff
     w.add_rope_dimension_count(head_dim)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
+    tok_kv = None
+    if vocab_from is not None:
+        from .models import open_model
+        with open_model(vocab_from) as m:
+            tok_kv = {k: v for k, v in m.metadata.items() if k.startswith("tokenizer.")}
+        n_vocab = len(tok_kv["tokenizer.ggml.tokens"])
     w.add_vocab_size(n_vocab)
     w.add_file_type(LlamaFileType.ALL_F32 if dtype == "F32" else LlamaFileType.MOSTLY_F16)
-    toks, scores, types = _spm_vocab(n_vocab)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(toks)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    if tok_kv is not None:
+        for k, v in tok_kv.items():
+            if isinstance(v, bool):
+                w.add_bool(k, v)
+            elif isinstance(v, str):
+                w.add_string(k, v)
+            elif isinstance(v, int):
+                w.add_uint32(k, v)
+            else:
+                w.add_array(k, [x.item() if hasattr(x, "item") else x for x in v])
+    else:
+        toks, scores, types = _spm_vocab(n_vocab)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(toks)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
     np_dtype = np.float32 if dtype == "F32" else np.float16
 
     def mat(name_: str, rows: int, cols: int, std: float = 0.02) -> None:
