@@ -25,6 +25,8 @@ KERNEL_FAMILIES: dict[str, tuple[GGMLQuantizationType, ...]] = {
     "ternary": (T.TQ1_0, T.TQ2_0),
     "lowbit": (T.Q1_0,),
     "iq3": (T.IQ3_XXS, T.IQ3_S),
+    "iq2": (T.IQ2_XXS, T.IQ2_XS, T.IQ2_S),
+    "iq1": (T.IQ1_S, T.IQ1_M),
 }
 KERNEL_FAMILY: dict[GGMLQuantizationType, str] = {t: fam for fam, ts in KERNEL_FAMILIES.items() for t in ts}
 
@@ -62,6 +64,11 @@ DESCRIPTIONS: dict[GGMLQuantizationType, str] = {
     T.IQ3_XXS: "3-bit lattice (256-point grid of 4-value groups), super-blocks of 256 with 4-bit block scales "
                "(3.0625 bpw)",
     T.IQ3_S: "3-bit lattice (512-point grid), super-blocks of 256 with 4-bit block scales and sign bits (3.4375 bpw)",
+    T.IQ2_XXS: "2-bit i-quant, 256-point lattice per 8 weights, needs an imatrix (2.0625 bpw)",
+    T.IQ2_XS: "2-bit i-quant, 512-point lattice, 4-bit scales per 16, needs an imatrix (2.3125 bpw)",
+    T.IQ2_S: "2-bit i-quant, 1024-point lattice, explicit signs, 4-bit scales per 16 (2.5625 bpw)",
+    T.IQ1_S: "1-bit ternary i-quant, 2048-point lattice, needs an imatrix (1.5625 bpw)",
+    T.IQ1_M: "1-bit ternary i-quant, scales per 16, no fp16 d field (1.75 bpw)",
     T.Q1_0: "1-bit signs, blocks of 128 with one fp16 scale (1.125 bpw); for models trained binary",
 }
 

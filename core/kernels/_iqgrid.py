@@ -150,8 +150,8 @@ def iq2_tables(name: str):
 
 
 @njit(cache=True, nogil=True)
-def _pack_records(kmap, nb, rec_off, rec):
-    """Search records of the off-grid codes (see encoder_tables); returns the entries used
+def _pack_records(grid, kmap, nb, rec_off, rec):
+    """Search records of the off-grid codes (see encoder_tables); returns the bytes used
     (``rec`` empty: only sizes them). On-grid codes get rec_off = -(grid index + 1)."""
     pos = 0
     fill = rec.shape[0] > 0
@@ -164,29 +164,34 @@ def _pack_records(kmap, nb, rec_off, rec):
         m = (n + 7) // 8 * 8
         rec_off[u] = pos
         if fill:
-            rec[pos] = m
+            rec[pos] = m & 0xFF
+            rec[pos + 1] = m >> 8
             for j in range(m):
-                rec[pos + 1 + j] = nb[o + 1 + min(j, n - 1)]
-        pos += 1 + m
+                g = np.int64(nb[o + 1 + min(j, n - 1)])
+                for i in range(8):
+                    rec[pos + 8 + i * m + j] = grid[g, i]
+                rec[pos + 8 + 8 * m + 2 * j] = g & 0xFF
+                rec[pos + 9 + 8 * m + 2 * j] = g >> 8
+        pos += 8 + 10 * m
     return pos
 
 
 @lru_cache(maxsize=None)
 def encoder_tables(name: str):
-    """``(grid, grid32, rec_off, rec)``: the tables of :func:`iq2_tables` laid out for the
-    searches. ``grid32`` (uint32, 2 per point): the point's 8 coordinates (2*l + 1) as bytes.
+    """``(grid, rec_off, rec)``: the tables of :func:`iq2_tables` laid out for the searches.
     ``rec_off`` (int32 per code ``u``): ``-(index + 1)`` for a grid point, else the offset in
-    ``rec`` (uint16) of the code's neighbour list: ``m`` then ``m`` grid indices, the ``n`` of
-    ``iq2xs_init_impl`` padded to ``m = 8*ceil(n/8)`` with copies of the last (which can never
-    win a strict first-minimum search), so that the candidates' distances are computed 8 side
-    by side (each in the C code's order) from tables as compact as the C code's."""
+    ``rec`` (uint8) of the code's record: ``m`` (uint16), 6 spare bytes, the neighbour list
+    (``n`` entries padded to ``m = 8*ceil(n/8)`` with copies of the last, which can never win
+    a strict first-minimum search) coordinate-major (coordinate ``i`` of entry ``j`` at
+    ``8 + i*m + j``, values 2*l + 1), then the entries' grid indices (uint16). One record is
+    contiguous (few cache lines per search) and 8 candidates' distances are computed side by
+    side, each in the C code's order."""
     grid, kmap, nb = iq2_tables(name)
     rec_off = np.zeros(kmap.shape[0], dtype=np.int64)
-    size = _pack_records(kmap, nb, rec_off, np.zeros(0, np.uint16))
-    rec = np.zeros(size, dtype=np.uint16)
-    _pack_records(kmap, nb, rec_off, rec)
+    size = _pack_records(grid, kmap, nb, rec_off, np.zeros(0, np.uint8))
+    rec = np.zeros(size, dtype=np.uint8)
+    _pack_records(grid, kmap, nb, rec_off, rec)
     rec_off = rec_off.astype(np.int32)
-    grid32 = np.ascontiguousarray(grid).view(np.uint32).reshape(-1).copy()
-    for a in (rec_off, rec, grid32):
+    for a in (rec_off, rec):
         a.setflags(write=False)
-    return grid, grid32, rec_off, rec
+    return grid, rec_off, rec

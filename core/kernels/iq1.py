@@ -40,7 +40,7 @@ from gguf.constants import GGMLQuantizationType as T
 
 from ._iqgrid import decode_grid, encoder_tables
 from .floats import f16_bits_to_f32, f32_to_f16_bits, load_f16, store_f16
-from .iq2 import _FLT_MAX, _U32, _first_min, _ni, _sumx2, need_imatrix
+from .iq2 import _FLT_MAX, _first_min, _ni, _record_entry, _sumx2, need_imatrix
 
 _F32 = np.float32
 _U64 = np.uint64
@@ -90,30 +90,34 @@ def _msort(keys, idx, tk, ti, n):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _best_neighbour2(rec, b, grid32, grid, xf, xo, weight, wo, scale, xx, d2):
+def _best_neighbour2(rec, b, grid, xf, xo, weight, wo, scale, xx, d2):
     """iq1_find_best_neighbour2: the grid index minimizing sum w*(scale*xx[l] - x)^2 over the
-    neighbour list at rec[b] (_iqgrid.encoder_tables; the candidates side by side, each sum in
+    search record at rec[b] (_iqgrid.encoder_tables; the candidates side by side, each sum in
     C order), else over the whole grid (where the C code reads x[i] for grid index i: past
     the 8 weights, along the input; NaN past its end); -1 if none (llama.cpp aborts)."""
-    m = _U64(rec[b])
+    m = _U64(rec[b]) | (_U64(rec[b + 1]) << _U64(8))
     q0 = xx[0]  # xx[l] == xx[0] + l exactly for both delta signs
     x0, x1, x2, x3 = xf[xo], xf[xo + 1], xf[xo + 2], xf[xo + 3]
     x4, x5, x6, x7 = xf[xo + 4], xf[xo + 5], xf[xo + 6], xf[xo + 7]
     w0, w1, w2, w3 = weight[wo], weight[wo + 1], weight[wo + 2], weight[wo + 3]
     w4, w5, w6, w7 = weight[wo + 4], weight[wo + 5], weight[wo + 6], weight[wo + 7]
-    p = _U64(b) + _U64(1)  # unsigned indices: no wraparound, so the loop vectorizes
+    p0 = _U64(b) + _U64(8)  # unsigned indices: no wraparound, so the loop vectorizes
+    p1 = p0 + m
+    p2 = p1 + m
+    p3 = p2 + m
+    p4 = p3 + m
+    p5 = p4 + m
+    p6 = p5 + m
+    p7 = p6 + m
     for j in range(m):
-        g = _U64(2) * _U64(rec[p + j])
-        lo = grid32[g]
-        hi = grid32[g + _U64(1)]
-        t0 = scale * (q0 + _F32(np.int32((lo >> _U32(1)) & _U32(0x7F)))) - x0
-        t1 = scale * (q0 + _F32(np.int32((lo >> _U32(9)) & _U32(0x7F)))) - x1
-        t2 = scale * (q0 + _F32(np.int32((lo >> _U32(17)) & _U32(0x7F)))) - x2
-        t3 = scale * (q0 + _F32(np.int32(lo >> _U32(25)))) - x3
-        t4 = scale * (q0 + _F32(np.int32((hi >> _U32(1)) & _U32(0x7F)))) - x4
-        t5 = scale * (q0 + _F32(np.int32((hi >> _U32(9)) & _U32(0x7F)))) - x5
-        t6 = scale * (q0 + _F32(np.int32((hi >> _U32(17)) & _U32(0x7F)))) - x6
-        t7 = scale * (q0 + _F32(np.int32(hi >> _U32(25)))) - x7
+        t0 = scale * (q0 + _F32(rec[p0 + j] >> 1)) - x0
+        t1 = scale * (q0 + _F32(rec[p1 + j] >> 1)) - x1
+        t2 = scale * (q0 + _F32(rec[p2 + j] >> 1)) - x2
+        t3 = scale * (q0 + _F32(rec[p3 + j] >> 1)) - x3
+        t4 = scale * (q0 + _F32(rec[p4 + j] >> 1)) - x4
+        t5 = scale * (q0 + _F32(rec[p5 + j] >> 1)) - x5
+        t6 = scale * (q0 + _F32(rec[p6 + j] >> 1)) - x6
+        t7 = scale * (q0 + _F32(rec[p7 + j] >> 1)) - x7
         s = _F32(0.0) + w0 * t0 * t0
         s += w1 * t1 * t1
         s += w2 * t2 * t2
@@ -124,7 +128,7 @@ def _best_neighbour2(rec, b, grid32, grid, xf, xo, weight, wo, scale, xx, d2):
         s += w7 * t7 * t7
         d2[j] = s
     j = _first_min(d2, m)
-    gi = -1 if j < 0 else np.int64(rec[p + _U64(j)])
+    gi = -1 if j < 0 else _record_entry(rec, b, m, j)
     best = _FLT_MAX
     if gi < 0:
         for i in range(grid.shape[0]):
@@ -168,7 +172,7 @@ def _abs_max(xb, n):
 
 # -- IQ1_S ---------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
-def _quantize_iq1_s(x, qw, out, grid, grid32, rec_off, rec):
+def _quantize_iq1_s(x, qw, out, grid, rec_off, rec):
     nrows, n = x.shape
     xf = x.reshape(-1)
     nbl = n // QK_K
@@ -269,7 +273,7 @@ def _quantize_iq1_s(x, qw, out, grid, grid32, rec_off, rec):
                         gi = -gi - 1
                     else:
                         all_on_grid = False
-                        gi = _best_neighbour2(rec, gi, grid32, grid, xf, xo + 8 * k, weight, 8 * k, scale, xx, d2)
+                        gi = _best_neighbour2(rec, gi, grid, xf, xo + 8 * k, weight, 8 * k, scale, xx, d2)
                         if gi < 0:  # llama.cpp aborts
                             gi = 0
                         for j in range(8):
@@ -338,7 +342,7 @@ def _iq1m_weights(xb, qw, qo, sigma2, weight):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _quantize_iq1_m(x, qw, out, grid, grid32, rec_off, rec):
+def _quantize_iq1_m(x, qw, out, grid, rec_off, rec):
     nrows, n = x.shape
     xf = x.reshape(-1)
     nbl = n // QK_K
@@ -457,7 +461,7 @@ def _quantize_iq1_m(x, qw, out, grid, grid32, rec_off, rec):
                         gi = -gi - 1
                     else:
                         all_on_grid = False
-                        gi = _best_neighbour2(rec, gi, grid32, grid, xf, xo + 8 * k, weight, 8 * k, scale, xx, d2)
+                        gi = _best_neighbour2(rec, gi, grid, xf, xo + 8 * k, weight, 8 * k, scale, xx, d2)
                         if gi < 0:  # llama.cpp aborts
                             gi = 0
                         for j in range(8):

@@ -49,7 +49,6 @@ from .kquants import _make_qp_quants, _nint_f
 _F32 = np.float32
 _I = np.int64
 _U64 = np.uint64
-_U32 = np.uint32
 QK_K = 256
 _FLT_MAX = np.float32(3.4028234663852886e38)
 _GROUP_MAX_EPS = np.float32(1e-15)
@@ -80,28 +79,40 @@ def _first_min(d2, m):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _best_neighbour(rec, b, grid32, xval, waux, o, scale, d2):
-    """iq2_find_best_neighbour over the neighbour list at rec[b] (_iqgrid.encoder_tables):
+def _record_entry(rec, b, m, j):
+    """Grid index of entry j of the search record at rec[b] (m padded entries)."""
+    p = _U64(b) + _U64(8) + _U64(8) * m + _U64(2 * j)
+    return np.int64(rec[p]) | (np.int64(rec[p + _U64(1)]) << 8)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _best_neighbour(rec, b, xval, waux, o, scale, d2):
+    """iq2_find_best_neighbour over the search record at rec[b] (_iqgrid.encoder_tables):
     the grid index minimizing sum waux*(scale*q - x)^2 (first of equals); -1 when none
     compares below FLT_MAX (NaN). The candidates' sums run side by side, each in C order."""
-    m = _U64(rec[b])
+    m = _U64(rec[b]) | (_U64(rec[b + 1]) << _U64(8))
     x0, x1, x2, x3 = xval[o], xval[o + 1], xval[o + 2], xval[o + 3]
     x4, x5, x6, x7 = xval[o + 4], xval[o + 5], xval[o + 6], xval[o + 7]
     w0, w1, w2, w3 = waux[o], waux[o + 1], waux[o + 2], waux[o + 3]
     w4, w5, w6, w7 = waux[o + 4], waux[o + 5], waux[o + 6], waux[o + 7]
-    p = _U64(b) + _U64(1)  # unsigned indices: no negative-index wraparound, so it vectorizes
-    for j in range(m):
-        g = _U64(2) * _U64(rec[p + j])
-        lo = grid32[g]
-        hi = grid32[g + _U64(1)]
-        t0 = scale * _F32(np.int32(lo & _U32(0xFF))) - x0
-        t1 = scale * _F32(np.int32((lo >> _U32(8)) & _U32(0xFF))) - x1
-        t2 = scale * _F32(np.int32((lo >> _U32(16)) & _U32(0xFF))) - x2
-        t3 = scale * _F32(np.int32(lo >> _U32(24))) - x3
-        t4 = scale * _F32(np.int32(hi & _U32(0xFF))) - x4
-        t5 = scale * _F32(np.int32((hi >> _U32(8)) & _U32(0xFF))) - x5
-        t6 = scale * _F32(np.int32((hi >> _U32(16)) & _U32(0xFF))) - x6
-        t7 = scale * _F32(np.int32(hi >> _U32(24))) - x7
+    # unsigned indices: no negative-index wraparound, so the loop vectorizes
+    p0 = _U64(b) + _U64(8)
+    p1 = p0 + m
+    p2 = p1 + m
+    p3 = p2 + m
+    p4 = p3 + m
+    p5 = p4 + m
+    p6 = p5 + m
+    p7 = p6 + m
+    for j in range(m):  # one flat loop, so that LLVM's loop vectorizer takes it
+        t0 = scale * _F32(rec[p0 + j]) - x0
+        t1 = scale * _F32(rec[p1 + j]) - x1
+        t2 = scale * _F32(rec[p2 + j]) - x2
+        t3 = scale * _F32(rec[p3 + j]) - x3
+        t4 = scale * _F32(rec[p4 + j]) - x4
+        t5 = scale * _F32(rec[p5 + j]) - x5
+        t6 = scale * _F32(rec[p6 + j]) - x6
+        t7 = scale * _F32(rec[p7 + j]) - x7
         s = _F32(0.0) + w0 * t0 * t0
         s += w1 * t1 * t1
         s += w2 * t2 * t2
@@ -112,11 +123,11 @@ def _best_neighbour(rec, b, grid32, xval, waux, o, scale, d2):
         s += w7 * t7 * t7
         d2[j] = s
     j = _first_min(d2, m)
-    return -1 if j < 0 else np.int64(rec[p + _U64(j)])
+    return -1 if j < 0 else _record_entry(rec, b, m, j)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _quant_group(xval, waux, o, idv, scale, L, rec_off, rec, grid, grid32, d2):
+def _quant_group(xval, waux, o, idv, scale, L, rec_off, rec, grid, d2):
     """L[o:o+8] = clamp(nearest_int((id*x - 1)/2), 0, 2), moved to the best neighbouring grid
     point when off the grid (then L is the point's coordinates). Returns True when on the grid."""
     u = 0
@@ -128,7 +139,7 @@ def _quant_group(xval, waux, o, idv, scale, L, rec_off, rec, grid, grid32, d2):
     r = np.int64(rec_off[u])
     if r < 0:
         return True
-    gi = _best_neighbour(rec, r, grid32, xval, waux, o, scale, d2)
+    gi = _best_neighbour(rec, r, xval, waux, o, scale, d2)
     if gi < 0:  # llama.cpp aborts here (NaN); keep going with point 0
         gi = 0
     for i in range(8):
@@ -203,7 +214,7 @@ def _put_u32(out, r, o, v):
 
 # -- IQ2_XXS -------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
-def _quantize_iq2_xxs(x, qw, out, grid, grid32, rec_off, rec):
+def _quantize_iq2_xxs(x, qw, out, grid, rec_off, rec):
     nrows, n = x.shape
     nbl = n // QK_K
     weight = np.empty(32, np.float32)
@@ -248,7 +259,7 @@ def _quantize_iq2_xxs(x, qw, out, grid, grid32, rec_off, rec):
                     idv = (_F32(5.0) + _F32(k_is) * _F32(0.1)) / eff_max
                     this_scale = _F32(1.0) / idv
                     for k in range(4):
-                        _quant_group(xval, waux, 8 * k, idv, this_scale, Laux, rec_off, rec, grid, grid32, d2)
+                        _quant_group(xval, waux, 8 * k, idv, this_scale, Laux, rec_off, rec, grid, d2)
                     sumqx, sumq2 = _sum_q(weight, xval, Laux, 32)
                     if sumq2 > _F32(0.0) and sumqx * sumqx > best * sumq2:
                         scale = sumqx / sumq2
@@ -257,7 +268,7 @@ def _quantize_iq2_xxs(x, qw, out, grid, grid32, rec_off, rec):
                 if scale > _F32(0.0):
                     idv = _F32(1.0) / scale
                     for k in range(4):
-                        _quant_group(xval, waux, 8 * k, idv, scale, L, rec_off, rec, grid, grid32, d2)
+                        _quant_group(xval, waux, 8 * k, idv, scale, L, rec_off, rec, grid, d2)
                     sumqx, sumq2 = _sum_q(weight, xval, L, 32)
                     if sumq2 > _F32(0.0):
                         scale = sumqx / sumq2
@@ -308,7 +319,7 @@ def _dequantize_iq2_xxs(q, out, dgrid, ksg):
 
 # -- IQ2_XS / IQ2_S (16-weight sub-blocks) ----------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
-def _quantize_iq2_16(x, qw, out, grid, grid32, rec_off, rec, is_s):
+def _quantize_iq2_16(x, qw, out, grid, rec_off, rec, is_s):
     """quantize_row_iq2_xs_impl (is_s False, 74-byte blocks) / quantize_row_iq2_s_impl (82)."""
     nrows, n = x.shape
     nbl = n // QK_K
@@ -362,7 +373,7 @@ def _quantize_iq2_16(x, qw, out, grid, grid32, rec_off, rec, is_s):
                     idv = (_F32(5.0) + _F32(k_is) * _F32(0.1)) / mx
                     this_scale = _F32(1.0) / idv
                     for k in range(2):
-                        on_aux[k] = _quant_group(xval, waux, 8 * k, idv, this_scale, Laux, rec_off, rec, grid, grid32, d2)
+                        on_aux[k] = _quant_group(xval, waux, 8 * k, idv, this_scale, Laux, rec_off, rec, grid, d2)
                     sumqx, sumq2 = _sum_q(weight, xval, Laux, 16)
                     if sumq2 > _F32(0.0) and sumqx * sumqx > best * sumq2:
                         scale = sumqx / sumq2
@@ -374,7 +385,7 @@ def _quantize_iq2_16(x, qw, out, grid, grid32, rec_off, rec, is_s):
                     idv = _F32(1.0) / scale
                     for k in range(2):
                         if not on_grid[k]:
-                            _quant_group(xval, waux, 8 * k, idv, scale, L, rec_off, rec, grid, grid32, d2)
+                            _quant_group(xval, waux, 8 * k, idv, scale, L, rec_off, rec, grid, d2)
                     sumqx, sumq2 = _sum_q(weight, xval, L, 16)
                     if sumq2 > _F32(0.0):
                         scale = sumqx / sumq2

@@ -130,7 +130,8 @@ def test_demo_k_preset_identical_to_llama_quantize(demo_path, tmp_path, preset):
 # The presets of the i-quant, ternary, FP4 and 1-bit types: the whole file byte-identical to llama-quantize's
 # on the synthetic model (rows of 256-multiples, so no fallback hides a type), with an imatrix, and without
 # one where llama-quantize accepts that.
-OTHER_PRESETS = ["IQ4_NL", "IQ4_XS", "MXFP4_MOE", "TQ1_0", "TQ2_0", "Q1_0"]
+OTHER_PRESETS = ["IQ4_NL", "IQ4_XS", "MXFP4_MOE", "TQ1_0", "TQ2_0", "Q1_0", "IQ3_XXS", "IQ3_S", "IQ3_M", "IQ3_XS",
+                 "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"]
 
 
 @pytest.mark.parametrize("preset", OTHER_PRESETS)
