@@ -49,9 +49,12 @@ def main() -> None:
     if a.model:
         base = a.model
     elif a.big:
-        from core.demo import demo_model_path, make_synthetic_llama
-        base = make_synthetic_llama(os.path.join(work, "big-f32.gguf"), n_layer=4, n_embd=2048, n_ff=5632,
-                                    n_head=16, n_head_kv=8, vocab_from=demo_model_path())
+        # written by a child process: a child's peak RSS starts from its parent's at fork (Linux keeps the
+        # high-water mark across exec), so this process must stay small for the figures below to mean anything
+        base = os.path.join(work, "big-f32.gguf")
+        timed([sys.executable, "-c", "from core.demo import demo_model_path, make_synthetic_llama; "
+               f"make_synthetic_llama({base!r}, n_layer=4, n_embd=2048, n_ff=5632, n_head=16, n_head_kv=8, "
+               "vocab_from=demo_model_path())"])
     else:
         from core.demo import demo_model_path
         base = os.path.join(work, "demo-f32.gguf")
