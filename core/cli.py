@@ -232,12 +232,22 @@ def cmd_quantize(args) -> int:
     for w in getattr(src, "warnings", ()):
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     imatrix = _load_imatrix(args, src)
-    plan = build_plan(src, args, imatrix)
+    plan_text = None
+    if any(getattr(args, k, None) for k in ("target_size", "target_bpw", "target_memory")):   # core.budget
+        from .budget import plan_from_args
+        bar = ProgressBar(enabled=False if args.json else None)
+        try:
+            plan, imatrix, plan_text = plan_from_args(src, args, imatrix, progress=bar,
+                                                      log=lambda m: print(f"{PROG}: {m}", file=sys.stderr))
+        finally:
+            bar.close()
+    else:
+        plan = build_plan(src, args, imatrix)
     plan.check_imatrix(imatrix is not None)
     for w in plan.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     if args.save_plan:
-        _save_text(args.save_plan, plan.to_json())
+        _save_text(args.save_plan, plan_text or plan.to_json())
     if args.dry_run:
         return _dry_run(src, plan, args, imatrix)
     return _run(src, plan, args, imatrix)
@@ -619,7 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("output", help="output .gguf path")
     from .presets import PRESETS
     pq.add_argument("--preset", help="llama-quantize file type: " + ", ".join(PRESETS))
-    pq.add_argument("--type", help="one GGUF type for every quantizable tensor (llama-quantize --pure), e.g. Q8_0")
+    from .qtypes import writable_type_names
+    pq.add_argument("--type", help="one GGUF type for every quantizable tensor (llama-quantize --pure): "
+                    + ", ".join(writable_type_names()))
     pq.add_argument("--plan", help="a plan saved as JSON (by --save-plan or the studio)")
     pq.add_argument("--recipe-from", metavar="OTHER.gguf",
                     help="every tensor gets the type it has in OTHER.gguf (its mix, order and file type); "
@@ -637,6 +649,19 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("--leave-output-tensor", action="store_true", help="do not quantize output.weight")
     pq.add_argument("--manual", action="append", metavar="TENSOR=TYPE",
                     help="type of one tensor by name, over every other rule (repeatable)")
+    pq.add_argument("--target-size", metavar="SIZE", help="choose a type per tensor (core.budget) for a file of at "
+                    "most SIZE (4.5G, 700M, 3.2GiB or bytes), from measured error and sensitivity")
+    pq.add_argument("--target-bpw", type=float, metavar="X", help="as --target-size, for X bits per weight")
+    pq.add_argument("--target-memory", metavar="SIZE", help="as --target-size, for weights + KV cache (F16) + "
+                    "compute buffer of --context tokens to fit in SIZE")
+    pq.add_argument("--context", type=int, metavar="N", help="with --target-memory: context length")
+    pq.add_argument("--calibration-text", metavar="FILE", help="with a target: text for the imatrix (when no "
+                    "--imatrix) and the sensitivity measurement (default: the built-in text)")
+    pq.add_argument("--pin", action="append", metavar="REGEX=TYPE", help="with a target: tensors matching REGEX "
+                    "get TYPE (REGEX=>=TYPE: at least TYPE's bits per weight); repeatable")
+    pq.add_argument("--allow-types", metavar="T,T,...", help="with a target: the candidate types")
+    pq.add_argument("--fast", action="store_true", help="with a target: imatrix-weighted error only, no "
+                    "sensitivity measurement with the forward pass")
     pq.add_argument("--save-plan", metavar="FILE", help="write the plan as JSON")
     pq.add_argument("--dry-run", action="store_true", help="print the per-tensor plan, predicted size and bpw; "
                     "write nothing")
