@@ -278,5 +278,5 @@ def output_kv(source, plan, extra: Optional[list[KV]] = None) -> list[KV]:
 def layout_for(source, plan, output: str, split_max_size: Optional[int] = None,
                extra_kv: Optional[list[KV]] = None) -> "GGUFLayout":
     """The layout of ``plan`` (a core.plan.Plan) written from ``source`` (a ModelSource) to ``output``."""
-    tensors = [OutTensor(e.name, tuple(e.shape), e.qtype) for e in plan.entries]
+    tensors = [OutTensor(e.name, tuple(e.shape), e.qtype) for e in plan.write_order()]
     return GGUFLayout(output, output_kv(source, plan, extra_kv), tensors, split_max_size)

@@ -69,7 +69,7 @@ def run_plan(source: ModelSource, plan: Plan, output: str, *, threads: Optional[
     results: list[TensorResult] = []
     t0 = time.perf_counter()
     with GGUFStreamWriter(layout) as writer:
-        for e in plan.entries:
+        for e in plan.write_order():
             cancel.check()
             ts = time.perf_counter()
             info = source.tensor(e.name)

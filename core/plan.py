@@ -20,7 +20,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from .errors import PlanError, QuantStudioError
 from .gguf_out import layout_for, pad
 from .presets import (ModelFacts, Pattern, allows_quantization, choose_types, fallback_type, file_type_of,
-                      get_preset, kept_reason, tensor_requires_imatrix, tensor_spec)
+                      get_preset, kept_reason, llama_order_key, tensor_requires_imatrix, tensor_spec)
 from .qtypes import is_quantized, parse_type
 from .rules import PlanRules, writable
 
@@ -86,6 +86,12 @@ class Plan:
     @property
     def n_elements(self) -> int:
         return sum(e.n_elements for e in self.entries)
+
+    def write_order(self) -> list:
+        """The entries in the order a file is written: llama-quantize's (its tensors sit in a std::map with
+        weight_name_comparer: by ``blk.N``, non-layer tensors first, then by name), so that the same plan
+        gives the same file as llama-quantize whatever order the source lists its tensors in."""
+        return sorted(self.entries, key=lambda e: llama_order_key(e.name))
 
     @property
     def tensor_bytes(self) -> int:
