@@ -32,7 +32,8 @@ def test_any_shard_opens_the_whole_model(split, demo_path):
     whole = open_model(demo_path)
     for shard in (split[0], split[-1]):
         m = open_model(shard)
-        assert [t.name for t in m.tensors] == [t.name for t in whole.tensors]
+        assert sorted(t.name for t in m.tensors) == sorted(t.name for t in whole.tensors)   # (written in
+        # llama.cpp's order, the demo file lists them in its converter's)
         assert m.n_layers == whole.n_layers == 30 and m.summary()["shards"] == len(split)
         assert m.read_rows("blk.29.ffn_down.weight", 0, 2).shape == (2, 1536)
         assert m.architecture == "llama"
