@@ -79,9 +79,12 @@ def make_synthetic_llama(path: str, *, n_layer: int = 2, n_embd: int = 256, n_ff
     w.add_layer_norm_rms_eps(1e-5)
     tok_kv = None
     if vocab_from is not None:
-        from .models import open_model
-        with open_model(vocab_from) as m:
+        from .sources import open_file
+        m = open_file(vocab_from)
+        try:
             tok_kv = {k: v for k, v in m.metadata.items() if k.startswith("tokenizer.")}
+        finally:
+            m.close()
         n_vocab = len(tok_kv["tokenizer.ggml.tokens"])
     w.add_vocab_size(n_vocab)
     w.add_file_type(LlamaFileType.ALL_F32 if dtype == "F32" else LlamaFileType.MOSTLY_F16)
