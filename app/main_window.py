@@ -194,6 +194,8 @@ class MainWindow(QMainWindow):
         q.addSeparator()
         self._action(q, "Ca&librate (imatrix)…", self.calibrate_dialog, "Ctrl+Shift+I",
                      "Run a text through the model and compute an importance matrix for the plan")
+        self._action(q, "&Fit a Budget…", self.budget_dialog, "Ctrl+B",
+                     "A type per tensor for a target file size, bits per weight or memory (measured, exact size)")
         self._action(q, "&Evaluate…", self.evaluate_dialog, "Ctrl+E",
                      "PPL and KL-divergence of the plan, presets and GGUF files against the open model")
         q.addSeparator()
@@ -493,6 +495,17 @@ class MainWindow(QMainWindow):
         d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         d.show()
         self.calibrate_view = d
+        return d
+
+    def budget_dialog(self):
+        if self.s.source is None:
+            self.status("Open a model first", 5000)
+            return None
+        from .budget_dialog import BudgetDialog
+        d = BudgetDialog(self.s, self)
+        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        d.show()
+        self.budget_view = d
         return d
 
     def evaluate_dialog(self):

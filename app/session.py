@@ -474,6 +474,25 @@ class Session(QObject, PreviewsMixin):
         return self._call("generate", "core.tasks:generate", [self.path] + list(paths), prompt, n_tokens, plans,
                           self.path, user=True)
 
+    def fit_budget(self, kind: str, value: str, n_ctx: int = 4096, fast: bool = False,
+                   allow: Optional[str] = None) -> TaskHandle:
+        """core.budget in the jobs process: a type per tensor for a target; the result replaces the plan (undoable)
+        and the imatrix it used is loaded."""
+        if self.source is None:
+            raise PlanError("open a model first")
+        h = self._call("budget", "core.tasks:budget", self.path, kind, value, n_ctx, self.imatrix_path, fast, (),
+                       allow, user=True)
+        h.succeeded.connect(self._bind(lambda m, r: self._budget_done(m, r)))
+        return h
+
+    def _budget_done(self, m: ModelState, r: dict) -> None:
+        plan = r["plan"]
+        if r["imatrix_path"] and r["imatrix_path"] != m.imatrix_path:     # the imatrix first, then the plan
+            h = self.load_imatrix(r["imatrix_path"])
+            h.succeeded.connect(self._bind(lambda m2, _r: self._replace_plan(plan.rules, plan)))
+        else:
+            self._replace_plan(plan.rules, plan)
+
     # -- quantizing -------------------------------------------------------------------------
     def quantize(self, output: str, threads: Optional[int] = None,
                  split_max_size: Optional[int] = None) -> TaskHandle:

@@ -282,3 +282,23 @@ def generate(ctx, paths: Sequence[str], prompt: str, n_tokens: int = 32, plans: 
         ids = greedy(src, tok.encode(prompt), n_tokens, weights=weights, threads=threads, cancel=ctx.cancel)
         out[label] = tok.decode(ids)
     return out
+
+
+def budget(ctx, path: str, kind: str, value: str, n_ctx: int = 4096, imatrix_path: Optional[str] = None,
+           fast: bool = False, pins: Sequence[str] = (), allow: Optional[str] = None,
+           threads: Optional[int] = None) -> dict:
+    """core.budget: a plan with a type per tensor for a target (``kind`` "size" / "bpw" / "memory"), from
+    cached or fresh measurements. Returns ``{"plan", "imatrix_path", "log"}``."""
+    from types import SimpleNamespace
+
+    from .budget import plan_from_args
+    from .imatrix import load_imatrix
+    src = source(path)
+    args = SimpleNamespace(target_size=value if kind == "size" else None,
+                           target_bpw=value if kind == "bpw" else None,
+                           target_memory=value if kind == "memory" else None, context=n_ctx, pin=list(pins),
+                           allow_types=allow, fast=fast, calibration_text=None, threads=threads)
+    lines: list[str] = []
+    imatrix = load_imatrix(imatrix_path) if imatrix_path else None
+    plan, im, _ = plan_from_args(src, args, imatrix, progress=ctx.progress, log=lines.append)
+    return {"plan": plan, "imatrix_path": im.path, "log": lines}

@@ -113,3 +113,25 @@ def test_types_and_presets_needing_an_imatrix_are_unavailable_until_one_is_loade
     assert combo.model().item(combo.findText("Q2_K_S")).isEnabled()
     editor = delegate.createEditor(win.table.view.viewport(), None, idx)
     assert all(editor.model().item(i).isEnabled() for i in range(editor.count()))
+
+
+def test_fit_a_budget_replaces_the_plan(qtbot, window, synthetic_path):
+    """Quantize › Fit a Budget… (fast mode on the synthetic model): the plan gets a type per tensor whose
+    predicted size is within the target, each reason saying why; Undo brings the preset's plan back."""
+    win = window
+    open_in_studio(qtbot, win, synthetic_path)
+    before = win.s.planned_bytes()
+    d = win.budget_dialog()
+    target = int(before * 0.8)
+    d.value.setText(str(target))
+    d.fast.setChecked(True)
+    with qtbot.waitSignal(win.s.planChanged, timeout=600000):
+        d.start()
+    qtbot.waitUntil(lambda: d.result is not None and win.s.plan is d.result["plan"], timeout=600000)
+    size = win.s.planned_bytes()
+    assert 0.99 * target <= size <= target
+    assert all(e.reason.startswith("budget") for e in win.s.plan.entries if e.quantize)
+    assert win.s.imatrix is not None
+    win.s.undo()
+    assert win.s.planned_bytes() == before
+    d.close()
