@@ -667,3 +667,31 @@ def nearest_preset(source, size: int, *, has_imatrix: bool = True, extra_kv: Opt
     if best is None:
         raise PlanError("no llama-quantize preset applies to this model")
     return best
+
+
+def check_against_preset(source, plan, imatrix, *, text: str, threads: int = 2, n_ctx: int = DEFAULT_SENS_CTX,
+                         n_chunks: int = 4, skip_chunks: int = DEFAULT_SENS_CHUNKS,
+                         progress: ProgressCallback = no_progress) -> dict:
+    """"Never worse than the preset": the solver's plan and the llama-quantize preset nearest its size,
+    both simulated (core.eval.run.evaluate) on chunks of ``text`` the measurements did not use (the ones after
+    the first ``skip_chunks``; the text's start when it is too short). Returns ``{"preset", "preset_size",
+    "preset_kld", "plan_kld", "worse"}``."""
+    from .eval.run import Candidate, evaluate, prepare_chunks
+
+    extra = imatrix.metadata(os.path.basename(imatrix.path or "")) if imatrix is not None else None
+    size = predict_size(plan, source, extra_kv=extra).total
+    name, psize = nearest_preset(source, size, has_imatrix=imatrix is not None, extra_kv=extra)
+    preset = make_plan(source.tensors, source.metadata, name, has_imatrix=imatrix is not None)
+    try:
+        chunks = prepare_chunks(source, text, n_ctx, n_chunks, skip_chunks=skip_chunks)
+    except QuantStudioError:
+        chunks = prepare_chunks(source, text, n_ctx, n_chunks)
+    imp = None
+    if imatrix is not None:
+        names = [e.name for e in plan.entries if e.quantize] + [e.name for e in preset.entries if e.quantize]
+        imp = imatrix.arrays_for(source.tensors, sorted(set(names)))
+    ours, theirs = evaluate(source, [Candidate("budget", plan=plan, importances=imp),
+                                     Candidate(name, plan=preset, importances=imp)], chunks, threads=threads,
+                            progress=progress)
+    return {"preset": name, "preset_size": psize, "size": size, "preset_kld": theirs.kld.kld_mean,
+            "plan_kld": ours.kld.kld_mean, "worse": ours.kld.kld_mean > theirs.kld.kld_mean}

@@ -239,6 +239,17 @@ def cmd_quantize(args) -> int:
         try:
             plan, imatrix, plan_text = plan_from_args(src, args, imatrix, progress=bar,
                                                       log=lambda m: print(f"{PROG}: {m}", file=sys.stderr))
+            if not args.no_check and not args.fast:
+                from .budget import check_against_preset
+                from .eval.run import read_text
+                c = check_against_preset(src, plan, imatrix, text=read_text(args.calibration_text)[0],
+                                         threads=args.threads or 2, progress=bar)
+                verdict = ("WORSE than" if c["worse"] else "better than")
+                print(f"{PROG}: budget plan ({c['size']} bytes) KLD {c['plan_kld']:.5f} on held-out chunks: {verdict} "
+                      f"{c['preset']} ({c['preset_size']} bytes) at {c['preset_kld']:.5f}", file=sys.stderr)
+                if c["worse"]:
+                    print(f"{PROG}: warning: the preset {c['preset']} measured better here; consider --preset "
+                          f"{c['preset']}", file=sys.stderr)
         finally:
             bar.close()
     else:
@@ -649,6 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("--leave-output-tensor", action="store_true", help="do not quantize output.weight")
     pq.add_argument("--manual", action="append", metavar="TENSOR=TYPE",
                     help="type of one tensor by name, over every other rule (repeatable)")
+    pq.add_argument("--no-check", action="store_true", help="with a target: skip evaluating the solver's plan "
+                    "against the nearest llama-quantize preset on held-out text")
     pq.add_argument("--target-size", metavar="SIZE", help="choose a type per tensor (core.budget) for a file of at "
                     "most SIZE (4.5G, 700M, 3.2GiB or bytes), from measured error and sensitivity")
     pq.add_argument("--target-bpw", type=float, metavar="X", help="as --target-size, for X bits per weight")

@@ -167,3 +167,19 @@ def test_cli_refuses_a_target_with_a_preset(synthetic_path, tmp_path, capsys):
     assert "--target-size chooses the types itself" in capsys.readouterr().err
     assert main(["quantize", synthetic_path, str(tmp_path / "x.gguf"), "--target-memory", "1G", "--fast"]) == 2
     assert "--context" in capsys.readouterr().err
+
+
+def test_cli_checks_the_plan_against_the_nearest_preset(synthetic_path, tmp_path, capsys):
+    """Without --fast the CLI evaluates the solver's plan and the nearest llama-quantize preset on held-out
+    chunks and says which is better (a warning naming the preset when the solver's is worse)."""
+    import re
+
+    assert main(["quantize", synthetic_path, str(tmp_path / "o.gguf"), "--target-bpw", "4.5", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    m = re.search(r"budget plan \((\d+) bytes\) KLD ([0-9.]+) on held-out chunks: (better than|WORSE than) (\S+) "
+                  r"\((\d+) bytes\) at ([0-9.]+)", err)
+    assert m, err
+    plan_kld, preset_kld = float(m.group(2)), float(m.group(6))
+    assert (m.group(3) == "WORSE than") == (plan_kld > preset_kld)
+    assert ("consider --preset" in err) == (plan_kld > preset_kld)
+    assert abs(int(m.group(1)) - int(m.group(5))) < 0.1 * int(m.group(1))      # the preset nearest in size
