@@ -503,8 +503,7 @@ def cmd_imatrix(args) -> int:
 
 
 def _eval_candidates(src, args):
-    from .eval.run import Candidate
-    from .models import open_model
+    from .eval.run import Candidate, file_candidate
     from .plan import Plan, make_plan, predict_size
     from .rules import PlanRules, writable
 
@@ -521,9 +520,7 @@ def _eval_candidates(src, args):
                                info={"kind": "plan"}))
 
     for path in args.candidates:
-        m = open_model(path)
-        cands.append(Candidate(os.path.basename(path), source=m, size=os.path.getsize(path),
-                               bpw=8.0 * m.n_bytes / max(1, m.n_params), info={"kind": "file"}))
+        cands.append(file_candidate(path))
     for p in args.preset:
         add_plan(p, make_plan(src.tensors, src.metadata, PlanRules.make(p, has_imatrix=imatrix is not None)))
     for t in args.type:

@@ -237,7 +237,7 @@ def evaluate(ctx, base_path: str, candidates: Sequence[dict], text_path: Optiona
     """core.eval.run.evaluate of ``candidates`` against the model at ``base_path``: each a dict with ``label``
     and either ``path`` (a GGUF) or ``plan`` (a Plan, simulated; ``importances`` optional). Returns
     ``{"results": [EvalResult], "tokens": (n_chunk, n_ctx) ids, "pieces": token strings, "text": name}``."""
-    from .eval.run import Candidate, evaluate as run, prepare_chunks, read_text
+    from .eval.run import Candidate, evaluate as run, file_candidate, prepare_chunks, read_text
     from .eval.tokenizer import load_tokenizer
     from .plan import predict_size
     base = source(base_path)
@@ -246,9 +246,7 @@ def evaluate(ctx, base_path: str, candidates: Sequence[dict], text_path: Optiona
     cands = []
     for c in candidates:
         if c.get("path"):
-            m = source(c["path"])
-            cands.append(Candidate(c["label"], source=m, size=os.path.getsize(c["path"]),
-                                   bpw=8.0 * m.n_bytes / max(1, m.n_params), info={"kind": "file"}))
+            cands.append(file_candidate(c["path"], source(c["path"])))
         else:
             pred = predict_size(c["plan"], base)
             cands.append(Candidate(c["label"], plan=c["plan"], importances=c.get("importances"), size=pred.total,

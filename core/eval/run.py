@@ -174,6 +174,15 @@ class Candidate:
                        n_ctx=n_ctx)
 
 
+def file_candidate(path: str, source: Optional[ModelSource] = None) -> Candidate:
+    """A GGUF file as a candidate (``source``: it already opened), labelled with its file name."""
+    if source is None:
+        from ..models import open_model
+        source = open_model(path)
+    return Candidate(os.path.basename(path), source=source, size=os.path.getsize(path),
+                     bpw=8.0 * source.n_bytes / max(1, source.n_params), info={"kind": "file"})
+
+
 @dataclass
 class EvalResult:
     label: str
