@@ -13,6 +13,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 from gguf import quants as gq
 
+from core.errors import PlanError
 from core.kernels import Kernel, iq3
 from core.kernels.iq3 import KERNELS
 from core.qtypes import type_info
@@ -105,13 +106,13 @@ def _compare(name: str, x: np.ndarray, im, what: str, tmp_path) -> tuple[np.ndar
     try:
         ours = k.quantize(x, importance=im)
         bad_rows = []
-    except ValueError:
+    except PlanError:
         ours = np.zeros((x.shape[0], k.row_bytes(x.shape[1])), np.uint8)
         bad_rows = []
         for r in range(x.shape[0]):
             try:
                 ours[r] = k.quantize(x[r:r + 1], importance=im)[0]
-            except ValueError:
+            except PlanError:
                 bad_rows.append(r)
     if bad_rows:
         aborts = _c_aborts(name, x[bad_rows], im, tmp_path)
@@ -172,7 +173,7 @@ def test_uniform_importance_weights(name, tmp_path):
 def test_raises_where_llama_cpp_aborts(name, tmp_path):
     x = normal_rows(seed=3, rows=1, n=256)
     x[0, :] = np.nan
-    with pytest.raises(ValueError, match="llama.cpp aborts"):
+    with pytest.raises(PlanError, match="llama.cpp aborts"):
         kernel(name).quantize(x)
     assert _c_aborts(name, x, None, tmp_path) == [True]
 
