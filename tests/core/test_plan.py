@@ -145,8 +145,8 @@ def test_validation_errors(syn, demo):
         make_plan(syn.tensors, syn.metadata, "Q4_K_M", token_embedding_type="bogus")
     with pytest.raises(PlanError, match="intermediate type"):
         make_plan(syn.tensors, syn.metadata, "Q4_K_M", output_tensor_type="Q8_K")
-    with pytest.raises(PlanError, match="cannot write IQ2_XS"):
-        make_plan(syn.tensors, syn.metadata, "Q4_K_M", layer_ranges=["0-1=IQ2_XS"])
+    with pytest.raises(PlanError, match="cannot write Q8_1"):
+        make_plan(syn.tensors, syn.metadata, "Q4_K_M", layer_ranges=["0-1=Q8_1"])
     with pytest.raises(PlanError, match="invalid regular expression"):
         make_plan(syn.tensors, syn.metadata, "Q4_K_M", tensor_types=[("attn(", "Q8_0")])
     with pytest.raises(PlanError, match="malformed tensor type 'attn'"):

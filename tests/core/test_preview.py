@@ -225,8 +225,9 @@ def test_candidates_side_by_side(heavy, imp512):
     assert all(m.weighted for m in rows)
     single = P.estimate(heavy, "Q4_1", imp512, sample_rows=40)
     assert single.rel_rmse == by["Q4_1"].rel_rmse
-    narrow = P.candidate_types(576)                                       # 576 = 2.25 x 256: no K-quants
-    assert all(get_kernel(t).block_size == 32 or get_kernel(t).block_size == 1 for t in narrow)
+    narrow = P.candidate_types(576)                   # 576 = 2.25 x 256: no K-/i-quant super-blocks, NVFP4's 64 fit
+    assert all(576 % get_kernel(t).block_size == 0 and get_kernel(t).block_size < 256 for t in narrow)
+    assert "NVFP4" in [str(getattr(t, "name", t)) for t in narrow] and "Q4_K" not in [str(getattr(t, "name", t)) for t in narrow]
     with pytest.raises(PlanError, match="multiple of 32"):
         P.estimate(heavy[:, :48], "Q4_0")
     with pytest.raises(UnsupportedError):
