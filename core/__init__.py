@@ -4,6 +4,11 @@ Data flows one way: ``core.sources`` (read any model lazily as float32 rows) ->
 ``core.kernels`` (Numba quantize/dequantize per GGUF type) -> ``core.gguf_out``
 (streaming GGUF writer), driven by ``core.job`` according to a ``core.plan``.
 """
+# First: gguf-py's type enums completed with the llama.cpp types the installed gguf lacks (Q2_0),
+# before any module of core reads them.
+from ._gguf_compat import complete_gguf_enums
+
+complete_gguf_enums()
 
 # What Quant Studio's files and choices follow: byte-identity tests run against this llama.cpp.
 LLAMA_CPP_REFERENCE = "llama.cpp as vendored in llama-cpp-python 0.3.36"

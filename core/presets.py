@@ -53,7 +53,7 @@ _NEVER_GLM5_RE = re.compile("|".join(map(re.escape, _NEVER_QUANTIZE_GLM5_NEXT)))
 _FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
              T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL,
              T.IQ2_S: T.IQ4_NL, T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
-             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0}
+             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T.Q2_0: T.Q4_0}
 
 
 def allows_quantization(name: str, n_dims: int, arch: Optional[str] = None,
@@ -122,9 +122,10 @@ class Preset:
 
 
 # In llama-quantize's order; sizes/ppl are its own help text (Llama-3-8B; F16/BF16 Mistral-7B). The i-quant,
-# ternary and 1-bit presets show llama-quantize's nominal bits per weight.
+# ternary, 1-bit and 2-bit presets show llama-quantize's nominal bits per weight.
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("Q1_0", F.MOSTLY_Q1_0, T.Q1_0, "1.125 bpw, blocks of 128 with one scale"),
+    Preset("Q2_0", F.MOSTLY_Q2_0, T.Q2_0, "2.25 bpw, blocks of 64 with one scale (weights -d, 0 or +d)"),
     Preset("Q4_0", F.MOSTLY_Q4_0, T.Q4_0, "4.5 bpw legacy, symmetric, blocks of 32 (4.34G, +0.4685 ppl @ Llama-3-8B)"),
     Preset("Q4_1", F.MOSTLY_Q4_1, T.Q4_1, "5.0 bpw legacy with minimum, blocks of 32 (4.78G, +0.4511 ppl @ Llama-3-8B)"),
     Preset("MXFP4_MOE", F.MOSTLY_MXFP4_MOE, T.MXFP4, "MXFP4 for expert tensors, Q8_0 for the rest (MoE models)"),
@@ -458,7 +459,7 @@ class _Chooser:
                 return T.Q2_K, "token_embd Q2_K"
             if ft in (F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ3_XXS):
                 return T.IQ3_S, "token_embd IQ3_S"
-            if ft in (F.MOSTLY_TQ1_0, F.MOSTLY_TQ2_0):
+            if ft in (F.MOSTLY_TQ1_0, F.MOSTLY_TQ2_0, F.MOSTLY_Q2_0):
                 return T.Q4_K, "token_embd Q4_K"
             return new, why
 

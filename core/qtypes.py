@@ -1,7 +1,9 @@
 """GGUF tensor types: names, block geometry and which ones Quant Studio can write.
 
 Everything here derives from ``gguf.constants`` (GGMLQuantizationType,
-GGML_QUANT_SIZES); nothing is re-typed. Names are llama.cpp's (``Q4_K``).
+GGML_QUANT_SIZES); nothing is re-typed. Names are llama.cpp's (``Q4_K``). Types llama.cpp has and
+the installed gguf-py lacks (Q2_0) are added to those enums by ``core._gguf_compat``, which
+``core/__init__.py`` runs first.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ KERNEL_FAMILIES: dict[str, tuple[GGMLQuantizationType, ...]] = {
     "iq4": (T.IQ4_NL, T.IQ4_XS),
     "fp4": (T.MXFP4, T.NVFP4),
     "ternary": (T.TQ1_0, T.TQ2_0),
-    "lowbit": (T.Q1_0,),
+    "lowbit": (T.Q1_0, T.Q2_0),
     "iq3": (T.IQ3_XXS, T.IQ3_S),
     "iq2": (T.IQ2_XXS, T.IQ2_XS, T.IQ2_S),
     "iq1": (T.IQ1_S, T.IQ1_M),
@@ -70,6 +72,8 @@ DESCRIPTIONS: dict[GGMLQuantizationType, str] = {
     T.IQ1_S: "1-bit ternary i-quant, 2048-point lattice, needs an imatrix (1.5625 bpw)",
     T.IQ1_M: "1-bit ternary i-quant, scales per 16, no fp16 d field (1.75 bpw)",
     T.Q1_0: "1-bit signs, blocks of 128 with one fp16 scale (1.125 bpw); for models trained binary",
+    T.Q2_0: "2-bit codes, blocks of 64 with one fp16 scale d = max |x|, so weights become -d, 0 or +d "
+            "(2.25 bpw)",
 }
 
 

@@ -11,8 +11,7 @@ same either way. Decoders: ``dequantize_row_q1_0`` / ``dequantize_row_q2_0``.
 - Q2_0 (type 42), blocks of 64: ``d qs[16]`` (18 B). ``d = max |x|`` (NaN skipped:
   ``if (a > amax)``), ``id = d > 0 ? 1/d : 0``; ``q = (int)roundf(x * id) + 1`` clamped to
   0..3 sits in bits ``2 (j % 4)`` of byte ``j / 4``; it decodes to ``(q - 1) * d``.
-  Type 42 is not in gguf-py 0.19.0's ``GGMLQuantizationType``: its kernels are in
-  ``EXTRA_KERNELS`` under the raw id (and in ``KERNELS`` once the enum has the name).
+  gguf-py 0.19.0's enum lacks type 42: ``core._gguf_compat`` adds it (``core`` imports it first).
 
 Float32 arithmetic as the C code (the Q1_0 sum is sequential; up to 8 blocks of a row
 are summed side by side, each in C order, which changes speed, not results); fp16 as
@@ -38,7 +37,6 @@ _U32 = np.uint32
 QK1_0 = 128
 QK2_0 = 64
 BLOCK_BYTES = 18  # both types
-Q2_0_ID = 42
 _TWO31 = np.float32(2147483648.0)
 _LANES = 8
 
@@ -165,10 +163,5 @@ def dequantize_q2_0(q, out):
 # GGUF type -> (quantize, dequantize): the registry (core.kernels.get_kernel) reads this table.
 KERNELS = {
     T.Q1_0: (quantize_q1_0, dequantize_q1_0),
+    T.Q2_0: (quantize_q2_0, dequantize_q2_0),
 }
-# Types gguf-py's enum does not name yet, under their ggml type id.
-EXTRA_KERNELS = {
-    Q2_0_ID: (quantize_q2_0, dequantize_q2_0),
-}
-if "Q2_0" in T.__members__:
-    KERNELS[T(Q2_0_ID)] = EXTRA_KERNELS[Q2_0_ID]

@@ -28,9 +28,10 @@ KL_BOUND = {"Q2_K": 1.4, "Q2_K_S": 4.5, "Q3_K_S": 1.4, "Q3_K_M": 0.45, "Q3_K_L":
 KL_BOUND["Q2_K_S"] = 1.3          # with a real imatrix (it was 4.5 with a random one)
 LOW_BITS = {"Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "IQ3_S", "IQ3_M", "IQ3_XS"}
 # Ternary presets turn a model not trained ternary into noise (KL ~12 nats here, as llama.cpp's own file
-# does): only finite logits are checked for them; their bytes are checked against llama-quantize's file in
-# test_llama_identity.
-NOISE = {"TQ1_0", "TQ2_0"}
+# does), and so does Q2_0 (its scale is max |x|, so weights become -d, 0 or +d: KL 12.06 measured): only
+# finite logits are checked for them; their bytes are checked against llama-quantize's file in
+# test_llama_identity (Q2_0's on this very demo model).
+NOISE = {"TQ1_0", "TQ2_0", "Q2_0"}
 RESULTS: dict = {}
 
 

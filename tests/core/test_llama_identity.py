@@ -1,5 +1,7 @@
 """`quant-studio quantize --type T` writes the same tensor data as `llama-quantize --pure` (llama.cpp's own
 llama_model_quantize, called through llama-cpp-python), tensor by tensor."""
+import os
+
 import numpy as np
 import pytest
 
@@ -138,8 +140,8 @@ def test_demo_k_preset_identical_to_llama_quantize(demo_path, tmp_path, preset):
 # The presets of the i-quant, ternary, FP4 and 1-bit types: the whole file byte-identical to llama-quantize's
 # on the synthetic model (rows of 256-multiples, so no fallback hides a type), with an imatrix, and without
 # one where llama-quantize accepts that.
-OTHER_PRESETS = ["IQ4_NL", "IQ4_XS", "MXFP4_MOE", "TQ1_0", "TQ2_0", "Q1_0", "IQ3_XXS", "IQ3_S", "IQ3_M", "IQ3_XS",
-                 "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"]
+OTHER_PRESETS = ["IQ4_NL", "IQ4_XS", "MXFP4_MOE", "TQ1_0", "TQ2_0", "Q1_0", "Q2_0", "IQ3_XXS", "IQ3_S", "IQ3_M",
+                 "IQ3_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"]
 
 
 @pytest.mark.parametrize("preset", OTHER_PRESETS)
@@ -155,3 +157,52 @@ def test_other_preset_file_identical_to_llama_quantize(synthetic_path, tmp_path,
         out = _preset_vs_llama(synthetic_path, preset, d, with_imatrix=with_imatrix)
         want = get_preset(preset).default_type.name if preset != "MXFP4_MOE" else "Q8_0"
         assert any(t.dtype == want for t in out.tensors), (preset, {t.dtype for t in out.tensors})
+
+
+def test_demo_q2_0_preset_identical_to_llama_quantize(demo_path, tmp_path):
+    """Q2_0 (a type gguf-py 0.19.0 does not name; core._gguf_compat adds it) on the demo: rows of 576 are
+    9 blocks of 64, the tied token_embd takes the output rule (Q6_K, which falls back to Q8_0 on those rows);
+    the whole file is llama-quantize's, gguf-py's GGUFReader reads it, our reader decodes it as llama.cpp
+    does, and the dry run predicted its size to the byte."""
+    import json
+    import subprocess
+    import sys
+
+    from gguf import GGUFReader
+
+    from core.qtypes import type_info
+
+    out = _preset_vs_llama(demo_path, "Q2_0", tmp_path, with_imatrix=False)
+    counts = out.type_counts()
+    assert counts["Q2_0"] == 210 and counts["Q8_0"] == 1, counts
+    assert out.metadata["general.file_type"] == 41
+    reader = GGUFReader(str(tmp_path / "ours.gguf"))
+    q2 = [t for t in reader.tensors if t.tensor_type.name == "Q2_0"]
+    assert len(q2) == 210
+    t = next(t for t in q2 if t.name == "blk.0.ffn_down.weight")
+    assert t.n_bytes == t.n_elements // 64 * 18 == type_info("Q2_0").row_bytes(1536) * 576
+    assert np.array_equal(np.asarray(t.data).reshape(-1), out.raw(t.name))
+    # read back as float32 by our own decoder (gguf-py has none for Q2_0), as llama.cpp decodes it
+    from tests.refs.ggml_dequant import dequantize as c_dequantize
+    rows = out.read_rows(t.name, 0, 576)
+    assert np.array_equal(rows, c_dequantize("q2_0", out.raw(t.name).reshape(576, -1), 1536))
+    blocks = np.abs(rows.reshape(-1, 64))
+    d = blocks.max(axis=1, keepdims=True)            # each block: its max |x| and zeros (no block is empty)
+    assert (d > 0).all() and np.all((blocks == 0) | (blocks == d))
+    r = subprocess.run([sys.executable, "-m", "core.cli", "quantize", demo_path, str(tmp_path / "dry.gguf"),
+                        "--preset", "Q2_0", "--dry-run", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    pred = json.loads(r.stdout)
+    assert pred["file_size"] == os.path.getsize(tmp_path / "theirs.gguf")
+    assert {t["name"]: t["type"] for t in pred["tensors"]} == {t.name: t.dtype for t in out.tensors}
+
+
+def test_q2_0_is_offered_by_the_cli():
+    """--help lists Q2_0 among the presets (in llama-quantize's place, after Q1_0) and the types."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "core.cli", "quantize", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "file type: Q1_0, Q2_0, Q4_0," in text and "TQ2_0, Q1_0, Q2_0, IQ3_XXS" in text

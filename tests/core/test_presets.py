@@ -116,7 +116,8 @@ def test_every_preset_matches_llama_cpp(models, llama, model):
 
 def test_the_models_exercise_the_rules(llama):
     """Guards that the comparison above is not vacuous: llama.cpp's own choices on these models
-    hit use_more_bits, the GQA, 70B, 8-expert and falcon rules, tied output and both fallbacks."""
+    hit use_more_bits, the GQA, 70B, 8-expert and falcon rules, tied output, the fallbacks and the
+    ternary/Q2_0 token_embd rule."""
     def kinds(model, preset, part):
         return {t for n, t in llama(model, preset).types.items() if part in n}
 
@@ -133,6 +134,8 @@ def test_the_models_exercise_the_rules(llama):
     assert kinds("demo", "Q4_K_M", "token_embd") != {"Q4_K"}                      # tied embeddings
     assert "F16" in kinds("odd-rows", "Q4_K_M", "ffn_down")                        # fallback to F16
     assert kinds("odd-rows", "Q4_K_M", "attn_q") == {"Q5_0"}                       # fallback 256 -> 32
+    assert kinds("odd-rows", "Q2_0", "attn_q") == {"Q4_0"}                         # fallback 64 -> 32
+    assert kinds("synthetic", "Q2_0", "token_embd") == {"Q4_K"}                    # Q2_0's token_embd rule
 
 
 @pytest.mark.parametrize("model", ["demo", "synthetic-16-layers"])
@@ -225,7 +228,7 @@ def test_preset_lookup():
 
 def test_presets_are_llama_quantize_list():
     """Every file type llama-quantize lists (its QUANT_OPTIONS, read from the pinned source tree), in its
-    order, minus its aliases and COPY; Q2_0 is missing only because gguf-py does not know the type yet."""
+    order, minus its aliases and COPY (Q2_0 included: core._gguf_compat adds it to gguf-py's enums)."""
     import re
 
     from tests.refs.tree import llama_cpp_tree
@@ -234,7 +237,7 @@ def test_presets_are_llama_quantize_list():
         names = re.findall(r"\{ \"(\w+)\",\s*LLAMA_FTYPE_", f.read())
     assert len(names) > 30
     names = [n for n in names if n not in ALIASES and n != "COPY"]
-    assert [n for n in names if n != "Q2_0"] == list(PRESETS)
+    assert names == list(PRESETS)
 
 
 def test_model_facts_from_metadata():

@@ -1,18 +1,27 @@
-"""Q1_0 (type 41) and Q2_0 (type 42, not in gguf-py's enum): bytes identical to llama.cpp's C
-quantizer, block by block; decoding identical to llama.cpp's dequantize_row_q1_0 / _q2_0
-(gguf-py has no decoder for either)."""
+"""Q1_0 (type 41) and Q2_0 (type 42, which core._gguf_compat adds to gguf-py 0.19.0's enums): bytes
+identical to llama.cpp's C quantizer, block by block; decoding identical to llama.cpp's
+dequantize_row_q1_0 / _q2_0 (gguf-py has no decoder for either)."""
 from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import pickle
 
 import numpy as np
 import pytest
+from gguf import GGML_QUANT_SIZES, LlamaFileType
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 from gguf import quants as gq
 
-from core.kernels.lowbit import EXTRA_KERNELS, KERNELS, Q2_0_ID
+from core.kernels.lowbit import KERNELS
+from core.qtypes import KERNEL_FAMILIES, KERNEL_FAMILY
+from tests.refs.ggml import ggml_base
 from tests.refs.ggml import quantize as ggml_quantize
 from tests.refs.ggml_dequant import dequantize as c_dequantize
 from tests.refs.ggml_dequant import row_size
+from tests.refs.tree import llama_cpp_tree
 
 from . import assert_blocks_equal, assert_floats_identical, heavy_rows, imatrix_for, smollm2_gguf
 from .test_kquants import heavy_imatrix
@@ -20,8 +29,8 @@ from .test_ternary import DATA
 from .test_ternary import run_quantize as tq_quantize
 
 # name -> (ggml type id, weights per block, bytes per block)
-TYPES = {"Q1_0": (41, 128, 18), "Q2_0": (Q2_0_ID, 64, 18)}
-ALL_KERNELS = {int(k): v for k, v in {**KERNELS, **EXTRA_KERNELS}.items()}
+TYPES = {"Q1_0": (41, 128, 18), "Q2_0": (42, 64, 18)}
+ALL_KERNELS = {int(k): v for k, v in KERNELS.items()}
 
 
 def run_quantize(name: str, x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
@@ -67,13 +76,44 @@ def test_q1_0_sum_order():
 
 
 def test_tables():
-    """Q1_0 under its enum member; Q2_0 under its raw id (and the enum member once gguf-py has it);
-    block sizes as llama.cpp's ggml_row_size."""
-    assert T.Q1_0 in KERNELS and KERNELS[T.Q1_0] == ALL_KERNELS[41]
-    assert Q2_0_ID == 42 and Q2_0_ID in EXTRA_KERNELS
-    assert ("Q2_0" in T.__members__) == (Q2_0_ID in {int(k) for k in KERNELS})
-    for tid, bs, ts in TYPES.values():
-        assert row_size(tid, 4 * bs) == 4 * ts
+    """Both types under their enum members, registered as the lowbit family; ids and block sizes
+    as llama.cpp's ggml (ggml_type_name, ggml_row_size)."""
+    lib = ggml_base()
+    lib.ggml_type_name.restype = ctypes.c_char_p
+    lib.ggml_type_name.argtypes = [ctypes.c_int]
+    assert set(KERNELS) == set(KERNEL_FAMILIES["lowbit"]) == {T.Q1_0, T.Q2_0}
+    for name, (tid, bs, ts) in TYPES.items():
+        assert T[name] == T(tid) == tid and lib.ggml_type_name(tid).decode() == name.lower()
+        assert GGML_QUANT_SIZES[T[name]] == (bs, ts) and row_size(tid, 4 * bs) == 4 * ts
+
+
+def _vendored_gguf_constants():
+    """llama.cpp's own gguf-py constants (the pinned source tree), loaded apart from the installed gguf."""
+    spec = importlib.util.spec_from_file_location(
+        "llama_cpp_gguf_constants", os.path.join(llama_cpp_tree(), "gguf-py", "gguf", "constants.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gguf_enums_completed_as_llama_cpp_has_them():
+    """core._gguf_compat gives the installed gguf-py every type and file type llama.cpp's gguf-py names,
+    with the same values, and the block sizes of every type Quant Studio writes; calling it again
+    changes nothing, and the added members behave as declared ones (lookup, order, pickling)."""
+    from core import _gguf_compat
+
+    ref = _vendored_gguf_constants()
+    for ours, theirs in ((T, ref.GGMLQuantizationType), (LlamaFileType, ref.LlamaFileType)):
+        assert {n: int(v) for n, v in theirs.__members__.items()}.items() <= \
+            {n: int(v) for n, v in ours.__members__.items()}.items()
+        assert [int(v) for v in ours] == sorted(int(v) for v in ours)
+    for t in KERNEL_FAMILY:
+        assert GGML_QUANT_SIZES[t] == ref.GGML_QUANT_SIZES[ref.GGMLQuantizationType(int(t))], t.name
+    before = (list(T), list(LlamaFileType), dict(GGML_QUANT_SIZES))
+    _gguf_compat.complete_gguf_enums()
+    assert (list(T), list(LlamaFileType), dict(GGML_QUANT_SIZES)) == before
+    assert LlamaFileType(41) is LlamaFileType["MOSTLY_Q2_0"] is LlamaFileType.MOSTLY_Q2_0
+    assert pickle.loads(pickle.dumps(T.Q2_0)) is T.Q2_0 and isinstance(T.Q2_0, T)
 
 
 @pytest.mark.parametrize("name", list(TYPES))
