@@ -1,18 +1,21 @@
 """Single-thread throughput of the quantization kernels against llama.cpp's C quantizer, for every type (or
 --types): K-quants, i-quants, ternary, 1-bit and FP4 types.
 
-Usage: python bench/bench_types.py [--types Q4_K IQ2_XXS ...] [--rows 64] [--cols 4096] [--repeat 3]
+Usage: python bench/bench_types.py [--types Q4_K IQ2_XXS ...] [--rows 64] [--cols 4096] [--repeat 3] [--wall]
 Prints M weights/s for quantize without and with an importance matrix (ours vs llama.cpp's ggml_quantize_chunk,
 one thread each; "–" where llama.cpp refuses a type without one) and for dequantize (ours vs gguf-py's numpy
 decoder, or llama.cpp's C dequantize_row_* where gguf-py has none), with ratios ours/reference, measured in this
 run on the same data (best of --repeat, the contenders interleaved). Numba compilation is excluded (warm-up).
-The bytes are checked equal to llama.cpp's before timing.
+The bytes are checked equal to llama.cpp's before timing. Times are the calling thread's CPU time (every
+contender runs on it), which other processes on a busy machine disturb far less than wall time; --wall
+times the wall clock instead.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -38,6 +41,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--wall", action="store_true", help="time the wall clock, not the thread's CPU time")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
 
@@ -45,7 +49,9 @@ def main() -> None:
     x = (rng.standard_t(5, size=(a.rows, a.cols)) * 0.02).astype(np.float32)
     im = (rng.standard_normal(a.cols) ** 2 * rng.lognormal(0, 1, a.cols)).astype(np.float32)
     mw = x.size / 1e6
-    print(f"{a.rows}x{a.cols} float32 ({mw:.1f} M weights); single thread, M weights/s, best of {a.repeat}")
+    clock = time.perf_counter if a.wall else time.thread_time
+    print(f"{a.rows}x{a.cols} float32 ({mw:.1f} M weights); single thread, M weights/s "
+          f"({'wall' if a.wall else 'thread CPU'} time), best of {a.repeat}")
     head = (f"{'type':7s} | {'ours':>6s} {'llama.c':>7s} {'ratio':>6s} | {'im ours':>7s} {'im C':>6s} {'ratio':>6s} | "
             f"{'deq ours':>8s} {'deq ref':>8s} {'ratio':>6s}")
     print(head)
@@ -71,7 +77,7 @@ def main() -> None:
                 "deq": lambda: k.dequantize(q, a.cols), "deq_ref": ref_deq}
         if plain:
             runs.update({"ours": lambda: k.quantize(x), "c": lambda: ggml_quantize(qt, x)})
-        t = best_times(runs, a.repeat)
+        t = best_times(runs, a.repeat, clock)
         first = (f"{mw / t['ours']:6.1f} {mw / t['c']:7.1f} {t['c'] / t['ours']:6.2f}" if plain
                  else f"{'–':>6s} {'–':>7s} {'–':>6s}")
         print(f"{name:7s} | {first} | "

@@ -17,7 +17,8 @@ quantizers search (``iq2_data[gindex]``):
 :func:`iq2_tables` builds the same three arrays (same layout, same offsets) with a Numba
 counting pass instead of the sort: one ``lru_cache`` entry per grid, built on first use
 (0.4-1.6 s each once compiled; the first compile takes longer). :func:`encoder_tables` lays
-them out for the kernels' searches (one contiguous record per off-grid code, 4-15 MB per grid).
+them out for the kernels' searches (one contiguous record per off-grid code, 4-15 MB per grid),
+which :func:`record_best` scans (the Numba search shared by the IQ2 and IQ1 kernels).
 The decoder grids of ggml-common.h (``iq2xxs_grid`` ... ``iq1s_grid``) are the same codes
 with coordinate values mapped through (0x08, 0x19, 0x2b) for IQ2 and (-1, 0, 1) for IQ1:
 :func:`decode_grid`. ``ksigns_iq2xs[i]`` is ``i`` with bit 7 set to the parity of ``i``.
@@ -166,6 +167,8 @@ def _pack_records(grid, kmap, nb, rec_off, rec):
         if fill:
             rec[pos] = m & 0xFF
             rec[pos + 1] = m >> 8
+            rec[pos + 2] = n & 0xFF
+            rec[pos + 3] = n >> 8
             for j in range(m):
                 g = np.int64(nb[o + 1 + min(j, n - 1)])
                 for i in range(8):
@@ -180,7 +183,7 @@ def _pack_records(grid, kmap, nb, rec_off, rec):
 def encoder_tables(name: str):
     """``(grid, rec_off, rec)``: the tables of :func:`iq2_tables` laid out for the searches.
     ``rec_off`` (int32 per code ``u``): ``-(index + 1)`` for a grid point, else the offset in
-    ``rec`` (uint8) of the code's record: ``m`` (uint16), 6 spare bytes, the neighbour list
+    ``rec`` (uint8) of the code's record: ``m`` (uint16), ``n`` (uint16), 4 spare bytes, the neighbour list
     (``n`` entries padded to ``m = 8*ceil(n/8)`` with copies of the last, which can never win
     a strict first-minimum search) coordinate-major (coordinate ``i`` of entry ``j`` at
     ``8 + i*m + j``, values 2*l + 1), then the entries' grid indices (uint16). One record is
@@ -195,3 +198,75 @@ def encoder_tables(name: str):
     for a in (rec_off, rec):
         a.setflags(write=False)
     return grid, rec_off, rec
+
+
+# -- searching the records (shared by the IQ2 and IQ1 kernels) ----------------------------------
+_FLT_MAX = np.float32(3.4028234663852886e38)
+_F32 = np.float32
+_U64 = np.uint64
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def record_counts(rec, b):
+    """(m, n) of the search record at rec[b]: its padded and its true candidate count."""
+    return (_U64(rec[b]) | (_U64(rec[b + 1]) << _U64(8)),
+            np.int64(rec[b + 2]) | (np.int64(rec[b + 3]) << 8))
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _coord(rec, i, q0, half):
+    """A candidate's coordinate: the record's 2*l + 1, or with ``half`` q0 + l."""
+    return q0 + _F32(rec[i] >> 1) if half else _F32(rec[i])
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def record_best(rec, b, xs, xo, ws, wo, scale, q0, half, d2):
+    """The grid index in the search record at rec[b] minimizing sum w*(scale*q - x)^2 over the
+    8 weights ws[wo:] and values xs[xo:] (q: :func:`_coord`), the first of equals, as the C
+    searches (``iq2_find_best_neighbour``, ``iq1_find_best_neighbour2``) find it; -1 when none
+    compares below FLT_MAX (NaN). The m candidates' sums run side by side in one flat loop over
+    unsigned indices (no wraparound), which LLVM vectorizes; each sum stays in the C order."""
+    m, n = record_counts(rec, b)
+    x0, x1, x2, x3 = xs[xo], xs[xo + 1], xs[xo + 2], xs[xo + 3]
+    x4, x5, x6, x7 = xs[xo + 4], xs[xo + 5], xs[xo + 6], xs[xo + 7]
+    w0, w1, w2, w3 = ws[wo], ws[wo + 1], ws[wo + 2], ws[wo + 3]
+    w4, w5, w6, w7 = ws[wo + 4], ws[wo + 5], ws[wo + 6], ws[wo + 7]
+    p0 = _U64(b) + _U64(8)
+    p1 = p0 + m
+    p2 = p1 + m
+    p3 = p2 + m
+    p4 = p3 + m
+    p5 = p4 + m
+    p6 = p5 + m
+    p7 = p6 + m
+    for j in range(m):
+        t0 = scale * _coord(rec, p0 + j, q0, half) - x0
+        t1 = scale * _coord(rec, p1 + j, q0, half) - x1
+        t2 = scale * _coord(rec, p2 + j, q0, half) - x2
+        t3 = scale * _coord(rec, p3 + j, q0, half) - x3
+        t4 = scale * _coord(rec, p4 + j, q0, half) - x4
+        t5 = scale * _coord(rec, p5 + j, q0, half) - x5
+        t6 = scale * _coord(rec, p6 + j, q0, half) - x6
+        t7 = scale * _coord(rec, p7 + j, q0, half) - x7
+        s = _F32(0.0) + w0 * t0 * t0
+        s += w1 * t1 * t1
+        s += w2 * t2 * t2
+        s += w3 * t3 * t3
+        s += w4 * t4 * t4
+        s += w5 * t5 * t5
+        s += w6 * t6 * t6
+        s += w7 * t7 * t7
+        d2[j] = s
+    # the first strict minimum below FLT_MAX (one pass, branch-free; the padding repeats the
+    # last entry, so only the n true entries are scanned)
+    mn = _FLT_MAX
+    bj = -1
+    for j in range(n):
+        v = d2[j]
+        c = v < mn
+        bj = j if c else bj
+        mn = v if c else mn
+    if bj < 0:
+        return -1
+    p = p0 + _U64(8) * m + _U64(2 * bj)
+    return np.int64(rec[p]) | (np.int64(rec[p + _U64(1)]) << 8)

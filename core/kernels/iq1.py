@@ -38,12 +38,11 @@ import numpy as np
 from numba import njit
 from gguf.constants import GGMLQuantizationType as T
 
-from ._iqgrid import decode_grid, encoder_tables
+from ._iqgrid import _FLT_MAX, decode_grid, encoder_tables, record_best
 from .floats import f16_bits_to_f32, f32_to_f16_bits, load_f16, store_f16
-from .iq2 import _FLT_MAX, _first_min, _ni, _record_entry, _sumx2, need_imatrix
+from .iq2 import _code_u, _ni, _sumx2, need_imatrix
 
 _F32 = np.float32
-_U64 = np.uint64
 QK_K = 256
 _DELTA = np.float32(0.125)
 _EPS_IQ1_S = np.float32(1e-12)
@@ -95,40 +94,8 @@ def _best_neighbour2(rec, b, grid, xf, xo, weight, wo, scale, xx, d2):
     search record at rec[b] (_iqgrid.encoder_tables; the candidates side by side, each sum in
     C order), else over the whole grid (where the C code reads x[i] for grid index i: past
     the 8 weights, along the input; NaN past its end); -1 if none (llama.cpp aborts)."""
-    m = _U64(rec[b]) | (_U64(rec[b + 1]) << _U64(8))
     q0 = xx[0]  # xx[l] == xx[0] + l exactly for both delta signs
-    x0, x1, x2, x3 = xf[xo], xf[xo + 1], xf[xo + 2], xf[xo + 3]
-    x4, x5, x6, x7 = xf[xo + 4], xf[xo + 5], xf[xo + 6], xf[xo + 7]
-    w0, w1, w2, w3 = weight[wo], weight[wo + 1], weight[wo + 2], weight[wo + 3]
-    w4, w5, w6, w7 = weight[wo + 4], weight[wo + 5], weight[wo + 6], weight[wo + 7]
-    p0 = _U64(b) + _U64(8)  # unsigned indices: no wraparound, so the loop vectorizes
-    p1 = p0 + m
-    p2 = p1 + m
-    p3 = p2 + m
-    p4 = p3 + m
-    p5 = p4 + m
-    p6 = p5 + m
-    p7 = p6 + m
-    for j in range(m):
-        t0 = scale * (q0 + _F32(rec[p0 + j] >> 1)) - x0
-        t1 = scale * (q0 + _F32(rec[p1 + j] >> 1)) - x1
-        t2 = scale * (q0 + _F32(rec[p2 + j] >> 1)) - x2
-        t3 = scale * (q0 + _F32(rec[p3 + j] >> 1)) - x3
-        t4 = scale * (q0 + _F32(rec[p4 + j] >> 1)) - x4
-        t5 = scale * (q0 + _F32(rec[p5 + j] >> 1)) - x5
-        t6 = scale * (q0 + _F32(rec[p6 + j] >> 1)) - x6
-        t7 = scale * (q0 + _F32(rec[p7 + j] >> 1)) - x7
-        s = _F32(0.0) + w0 * t0 * t0
-        s += w1 * t1 * t1
-        s += w2 * t2 * t2
-        s += w3 * t3 * t3
-        s += w4 * t4 * t4
-        s += w5 * t5 * t5
-        s += w6 * t6 * t6
-        s += w7 * t7 * t7
-        d2[j] = s
-    j = _first_min(d2, m)
-    gi = -1 if j < 0 else _record_entry(rec, b, m, j)
+    gi = record_best(rec, b, xf, xo, weight, wo, scale, q0, True, d2)
     best = _FLT_MAX
     if gi < 0:
         for i in range(grid.shape[0]):
@@ -147,10 +114,22 @@ def _best_neighbour2(rec, b, grid, xf, xo, weight, wo, scale, xx, d2):
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _code_record(L, o, rec_off):
     """rec_off of the code L[o:o+8]: -(grid index + 1) on the grid, else its search record."""
-    u = 0
+    return np.int64(rec_off[_code_u(L, o)])
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _group_index(L, k, rec_off, rec, grid, xf, xo, weight, scale, xx, d2):
+    """(grid index, on the grid) of group k's code L[8k:8k+8]; off the grid, the index of its
+    best neighbour (_best_neighbour2 on the weights at xf[xo + 8k]), whose coordinates then
+    replace the code (point 0 where llama.cpp aborts)."""
+    gi = _code_record(L, 8 * k, rec_off)
+    if gi < 0:
+        return -gi - 1, True
+    gi = _best_neighbour2(rec, gi, grid, xf, xo + 8 * k, weight, 8 * k, scale, xx, d2)
+    gi = 0 if gi < 0 else gi
     for j in range(8):
-        u |= np.int64(L[o + j]) << (2 * j)
-    return np.int64(rec_off[u])
+        L[8 * k + j] = (np.int64(grid[gi, j]) - 1) // 2
+    return gi, False
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -268,17 +247,8 @@ def _quantize_iq1_s(x, qw, out, grid, rec_off, rec):
                 all_on_grid = True
                 xo = r * n + ibl * QK_K + 32 * ib
                 for k in range(4):
-                    gi = _code_record(L, 8 * k, rec_off)
-                    if gi < 0:
-                        gi = -gi - 1
-                    else:
-                        all_on_grid = False
-                        gi = _best_neighbour2(rec, gi, grid, xf, xo + 8 * k, weight, 8 * k, scale, xx, d2)
-                        if gi < 0:  # llama.cpp aborts
-                            gi = 0
-                        for j in range(8):
-                            L[8 * k + j] = (np.int64(grid[gi, j]) - 1) // 2
-                    index[k] = gi
+                    index[k], on = _group_index(L, k, rec_off, rec, grid, xf, xo, weight, scale, xx, d2)
+                    all_on_grid = all_on_grid and on
                 if not all_on_grid:
                     sumqx = _F32(0.0)
                     sumq2 = _F32(0.0)
@@ -456,17 +426,8 @@ def _quantize_iq1_m(x, qw, out, grid, rec_off, rec):
                 xo = r * n + ibl * QK_K + 16 * ib
                 for k in range(2):
                     xx = x_p if (best_k < 2 if k == 0 else best_k % 2 == 0) else x_m
-                    gi = _code_record(L, 8 * k, rec_off)
-                    if gi < 0:
-                        gi = -gi - 1
-                    else:
-                        all_on_grid = False
-                        gi = _best_neighbour2(rec, gi, grid, xf, xo + 8 * k, weight, 8 * k, scale, xx, d2)
-                        if gi < 0:  # llama.cpp aborts
-                            gi = 0
-                        for j in range(8):
-                            L[8 * k + j] = (np.int64(grid[gi, j]) - 1) // 2
-                    index[k] = gi
+                    index[k], on = _group_index(L, k, rec_off, rec, grid, xf, xo, weight, scale, xx, d2)
+                    all_on_grid = all_on_grid and on
                 if not all_on_grid:
                     sqx = _F32(0.0)
                     sq2 = _F32(0.0)

