@@ -334,12 +334,18 @@ def _metrics(rows: _Rows, qtype, st: np.ndarray, weighted: bool, design: str, co
 _NO_W = np.zeros(0, dtype=np.float32)
 
 
-def _measure(kernel, x: np.ndarray, qw: Optional[np.ndarray], w_err: Optional[np.ndarray]) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
+def round_trip(kernel, x: np.ndarray, qw: Optional[np.ndarray]) -> np.ndarray:
+    """``x`` (float32 rows) quantized with importance ``qw`` (or None) and dequantized, on this thread."""
     q = np.empty((x.shape[0], kernel.row_bytes(x.shape[1])), dtype=np.uint8)
     kernel.quantize_into(x, q, qw)
     y = np.empty_like(x)
     kernel.dequantize_into(q, y)
+    return y
+
+
+def _measure(kernel, x: np.ndarray, qw: Optional[np.ndarray], w_err: Optional[np.ndarray]) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = round_trip(kernel, x, qw)
     out = np.empty((x.shape[0], N_STATS), dtype=np.float64)
     _row_stats(x, y, w_err if w_err is not None else _NO_W, out)
     return out
