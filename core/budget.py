@@ -39,10 +39,32 @@ Two steps, the first cached (:class:`Measurements`), the second instant (:func:`
 Targets (:class:`Target`): ``size`` (file bytes), ``bpw`` (tensor data bits per weight, as
 llama-quantize and ``--dry-run`` report it), ``memory`` with a context ``n_ctx``::
 
-    memory = file size                                        (weights; conservative: headers included)
-           + n_layer · n_ctx · n_head_kv · head_dim · 2 (K and V) · 2 bytes (F16 cache)
-           + compute buffer ≈ 4 bytes · n_ubatch · (n_vocab + n_head · n_ctx + 4 · n_embd + 2 · n_ff),
-             n_ubatch = min(512, n_ctx)   (logits, one layer's attention scores and activations)
+    memory = file size                       (weights: llama.cpp maps the file; headers included, so conservative)
+           + KV cache    n_layer · n_kv · n_head_kv · (head_dim_k + head_dim_v) · 2 bytes   (F16 K and V)
+           + compute     4 bytes · n_ub · max(n_vocab + 6 · n_embd,                                  (logits)
+                                              (n_head + 1) · n_kv + 2 · n_ff + 3 · n_embd + 2 · n_embd_kv)
+           + output      4 bytes · n_vocab                                         (the logits buffer)
+    n_kv = n_ctx padded to a multiple of 256 (llama_context does), n_ub = min(512, n_kv) (the default
+    n_ubatch), n_embd_kv = n_head_kv · head_dim.
+
+The compute buffer is ggml-alloc's high-water mark over the worst-case graph (n_ub tokens, all with
+logits): either the logits phase (the n_vocab × n_ub logits plus a few rows of activations) or, without
+flash attention, one layer's attention phase (the n_head × n_kv × n_ub KQ scores, softmaxed in place, plus the
+n_kv × n_ub F32 mask plus the activations the allocator keeps below them); the activation terms are upper
+bounds fitted to what llama.cpp reports. Checked against llama-cpp-python 0.3.36 (the pinned llama.cpp,
+CPU, one sequence) loading the demo, three synthetic llamas (2-3 layers; 256/512/1024 wide, MHA and GQA,
+vocabularies of 512 and 49k) and two shape-only llamas (Qwen2.5-0.5B's and Llama-3-8B's widths and
+vocabularies, 2-3 layers) at n_ctx 256, 512, 1000, 2048, 4096 and 8192 (tests/core/test_budget_memory.py,
+run as a script it prints the table): the KV cache and output buffer are exact; with flash attention off
+(llama-cpp-python's default) the compute estimate is 1.7-13 % over what llama.cpp reports when the buffer
+is 50 MiB or more, up to 25 % over on the toy models' smaller buffers (3-43 MiB), never under; with flash
+attention on it is never under either (0.2 % over in the tightest case, the demo's logits phase at n_ctx
+2048) and much larger than needed at long contexts (no KQ matrix then). Weights + KV + compute + output:
+1.2-13 % over llama.cpp's total without flash attention (at most 3.5 % when that total is over 100 MiB),
+never under.
+Not counted: on CPUs where llama.cpp repacks Q4_0/Q4_K/IQ4_NL/Q8_0 matrices for faster kernels it allocates
+a CPU_REPACK buffer about as large as those tensors, whose mapped pages then are only page cache; other
+n_ubatch/n_seq settings, quantized KV caches and GPU offload change the figures.
 
 Pins (``REGEX=TYPE``: exactly that type, with llama.cpp's row-length fallback; ``REGEX=>=TYPE``: any
 candidate with at least that many bits per weight) and ``allow`` (the candidate set) shape the solve;
@@ -104,8 +126,16 @@ class Target:
         return asdict(self)
 
 
-def memory_overhead(metadata: Mapping, n_ctx: int) -> dict:
-    """KV cache and compute buffer bytes for a context of ``n_ctx`` tokens (see the module docstring)."""
+def kv_cells(n_ctx: int) -> int:
+    """The KV cache's cells for a context of ``n_ctx`` tokens: llama_context pads it to a multiple of 256."""
+    return -(-max(1, int(n_ctx)) // 256) * 256
+
+
+def memory_overhead(metadata: Mapping, n_ctx: int, n_ubatch: int = 512) -> dict:
+    """What llama.cpp allocates besides the weights for a context of ``n_ctx`` tokens (CPU, one sequence,
+    F16 KV cache, n_ubatch 512; see the module docstring), in bytes: ``kv_cache``, ``compute`` (an upper
+    bound of the compute buffer, with flash attention off or on) and ``output`` (the logits buffer); the
+    values sum to the whole overhead."""
     arch = str(metadata.get("general.architecture", "llama"))
 
     def g(key, default=0):
@@ -116,14 +146,20 @@ def memory_overhead(metadata: Mapping, n_ctx: int) -> dict:
     n_layer, n_embd = g("block_count"), g("embedding_length")
     n_head = g("attention.head_count", 1)
     n_head_kv = g("attention.head_count_kv", n_head)
-    head_dim = g("attention.key_length", n_embd // max(1, n_head))
+    head_k = g("attention.key_length", n_embd // max(1, n_head))
+    head_v = g("attention.value_length", head_k)
     n_ff = g("feed_forward_length")
     vocab = metadata.get("tokenizer.ggml.tokens")
     n_vocab = g("vocab_size", len(vocab) if vocab is not None else 32000)
-    kv = n_layer * n_ctx * n_head_kv * head_dim * 2 * 2
-    ub = min(512, n_ctx)
-    compute = 4 * ub * (n_vocab + n_head * n_ctx + 4 * n_embd + 2 * n_ff)
-    return {"kv_cache": kv, "compute": compute}
+    n_kv = kv_cells(n_ctx)
+    kv = n_layer * n_kv * n_head_kv * (head_k + head_v) * 2     # K and V, F16
+    ub = min(int(n_ubatch), n_kv)
+    n_embd_kv = n_head_kv * max(head_k, head_v)
+    per_token = max(n_vocab + 6 * n_embd,                                         # logits phase
+                    (n_head + 1) * n_kv + 2 * n_ff + 3 * n_embd + 2 * n_embd_kv)  # attention: KQ + mask
+    compute = 4 * ub * per_token
+    output = 4 * n_vocab
+    return {"kv_cache": kv, "compute": compute, "output": output}
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -416,8 +452,7 @@ def solve(source, meas: Measurements, target: Target, *, pins: Sequence[Pin] = (
     elif target.kind == "bpw":
         bound = int(math.floor(target.value * n_elements / 8))
     elif target.kind == "memory":
-        oh = memory_overhead(source.metadata, target.n_ctx)
-        bound = int(target.value) - oh["kv_cache"] - oh["compute"]
+        bound = int(target.value) - sum(memory_overhead(source.metadata, target.n_ctx).values())
     else:
         raise PlanError(f"unknown target kind '{target.kind}'")
     ftype = PRESETS["Q4_K_M"].ftype
@@ -453,8 +488,10 @@ def solve(source, meas: Measurements, target: Target, *, pins: Sequence[Pin] = (
     idx = {n: 0 for n in hulls}
     spent = sum(h[0].cost for h in hulls.values())
     if spent > budget:
-        raise PlanError(f"the target is too small: even the smallest allowed types need "
+        err = PlanError(f"the target is too small: even the smallest allowed types need "
                         f"{spent + (bound - budget)} bytes, the target allows {bound}")
+        err.min_bytes = spent + (bound - budget)       # read by size_range (it crosses processes intact)
+        raise err
     # greedy on the hulls: best KLD reduction per extra byte first
     rank = {n: i for i, n in enumerate(order)}
     heap = []
@@ -526,8 +563,10 @@ def solve(source, meas: Measurements, target: Target, *, pins: Sequence[Pin] = (
         plan.warnings.append(f"the target allows {bound} bytes but the plan needs only {got}: no allowed type "
                              "upgrade reduces the predicted error further")
     pk = sum(o.err for o in chosen.values())
-    return BudgetResult(plan, target, bound, pred.total, pred.bpw, pk, list(pins), allowed, meas.key,
-                        time.perf_counter() - t0)
+    res = BudgetResult(plan, target, bound, pred.total, pred.bpw, pk, list(pins), allowed, meas.key,
+                       time.perf_counter() - t0)
+    plan.budget = res.info()                  # saved with the plan (Plan.to_json)
+    return res
 
 
 def plan_json(result: BudgetResult) -> str:
@@ -573,41 +612,12 @@ def plan_from_args(source, args, imatrix=None, *, progress: ProgressCallback = n
     """(plan, imatrix, plan JSON) for ``quant-studio quantize --target-...``: measures (or reads the cached
     measurements), computes an imatrix on the calibration text when none is given (written to the cache,
     its path in the plan's rules: ``--plan`` needs it back as ``--imatrix``), and solves."""
-    from .eval.calibrate import text_sha256
-    from .eval.run import compute_imatrix, imatrix_provenance, prepare_chunks, read_text
-    from .imatrix import load_imatrix
-
-    target = target_from_args(args)
-    pins = [parse_pin(p) for p in (getattr(args, "pin", None) or ())]
-    allow = None
-    if getattr(args, "allow_types", None):
-        allow = [writable(t.strip(), "--allow-types") for t in args.allow_types.split(",") if t.strip()]
-    fast = bool(getattr(args, "fast", False))
-    text, name = read_text(getattr(args, "calibration_text", None))
-    chunks = prepare_chunks(source, text, DEFAULT_SENS_CTX, DEFAULT_SENS_CHUNKS)
-    threads = getattr(args, "threads", None) or 2
-    if imatrix is None:
-        key = measurement_key(source, None, text_sha256(text), [], 0, chunks.n_ctx, chunks.n_chunk, False)
-        path = os.path.join(cache_dir(), f"{key}.imatrix.gguf")
-        if not os.path.exists(path):
-            log(f"computing an importance matrix on {name} ({chunks.n_chunk} chunks of {chunks.n_ctx} tokens)")
-            col = compute_imatrix(source, chunks, threads=threads, progress=progress)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            col.write_gguf(path, imatrix_provenance(source, chunks, text, name))
-        imatrix = load_imatrix(path)
-        log(f"importance matrix: {path} (give it as --imatrix to reproduce the plan with --plan)")
-    names = [t.name for t in _quantizable(source)]
-    imp = imatrix.arrays_for(source.tensors, names)
+    target_from_args(args)                    # a wrong target fails before minutes of measuring
     t0 = time.perf_counter()
-    meas = measure(source, imp, imatrix_id=imatrix.id, chunks=None if fast else chunks,
-                   text_hash=text_sha256(text), fast=fast, threads=threads, progress=progress)
-    extra = imatrix.metadata(os.path.basename(imatrix.path or ""))
-    res = solve(source, meas, target, pins=pins, allow=allow, has_imatrix=True, imatrix_path=imatrix.path,
-                extra_kv=extra)
-    log(f"budget: {target.kind} target -> bound {res.target_bytes} bytes; predicted file {res.size} bytes, "
-        f"{res.bpw:.3f} bpw, predicted {'weighted error' if fast else 'KLD'} {res.predicted_kld:.4g} "
-        f"(measurements {meas.key}, "
-        f"{time.perf_counter() - t0:.1f} s)")
+    meas, imatrix = measure_for(source, imatrix, fast=bool(getattr(args, "fast", False)),
+                                calibration_text=getattr(args, "calibration_text", None),
+                                threads=getattr(args, "threads", None) or 2, progress=progress, log=log)
+    res = solve_from_args(source, meas, imatrix, args, log=log, t0=t0)
     return res.plan, imatrix, plan_json(res)
 
 
@@ -655,8 +665,7 @@ def nearest_preset(source, size: int, *, has_imatrix: bool = True, extra_kv: Opt
     """(llama-quantize preset, its predicted file size) nearest to ``size`` bytes among Q2_K … Q8_0, for the
     "never worse than the preset" comparison (evaluate both with :func:`core.eval.run.evaluate`)."""
     best = None
-    for name in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "IQ4_XS", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
-                 "Q8_0"):
+    for name in PRESET_LADDER:
         try:
             plan = make_plan(source.tensors, source.metadata, name, has_imatrix=has_imatrix)
             total = predict_size(plan, source, extra_kv=extra_kv).total
@@ -695,3 +704,153 @@ def check_against_preset(source, plan, imatrix, *, text: str, threads: int = 2, 
                             progress=progress)
     return {"preset": name, "preset_size": psize, "size": size, "preset_kld": theirs.kld.kld_mean,
             "plan_kld": ours.kld.kld_mean, "worse": ours.kld.kld_mean > theirs.kld.kld_mean}
+
+
+# ----------------------------------------------------------------------------- measure once, solve often
+PRESET_LADDER = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "IQ4_XS", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
+                 "Q8_0")                 # the llama-quantize presets a budget plan is compared with
+FRONTIER_POINTS = 20
+
+
+def measure_for(source, imatrix=None, *, fast: bool = False, calibration_text: Optional[str] = None,
+                threads: int = 2, progress: ProgressCallback = no_progress, log=print,
+                cancel: Optional[CancelToken] = None):
+    """(measurements, imatrix) as ``--target-...`` uses them: an imatrix computed on the calibration text
+    (the built-in one when None) when none is given -- written to the cache, reused next time -- then
+    :func:`measure` with it (cached too). The slow step; :func:`solve` is instant after it."""
+    from .eval.calibrate import text_sha256
+    from .eval.run import compute_imatrix, imatrix_provenance, prepare_chunks, read_text
+    from .imatrix import load_imatrix
+
+    text, name = read_text(calibration_text)
+    chunks = prepare_chunks(source, text, DEFAULT_SENS_CTX, DEFAULT_SENS_CHUNKS)
+    if imatrix is None:
+        key = measurement_key(source, None, text_sha256(text), [], 0, chunks.n_ctx, chunks.n_chunk, False)
+        path = os.path.join(cache_dir(), f"{key}.imatrix.gguf")
+        if not os.path.exists(path):
+            log(f"computing an importance matrix on {name} ({chunks.n_chunk} chunks of {chunks.n_ctx} tokens)")
+            col = compute_imatrix(source, chunks, threads=threads, progress=progress, cancel=cancel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            col.write_gguf(path, imatrix_provenance(source, chunks, text, name))
+        imatrix = load_imatrix(path)
+        log(f"importance matrix: {path} (give it as --imatrix to reproduce the plan with --plan)")
+    imp = imatrix.arrays_for(source.tensors, [t.name for t in _quantizable(source)])
+    meas = measure(source, imp, imatrix_id=imatrix.id, chunks=None if fast else chunks, text_hash=text_sha256(text),
+                   fast=fast, threads=threads, progress=progress, cancel=cancel)
+    return meas, imatrix
+
+
+def error_unit(meas: Measurements) -> str:
+    """What the predicted error counts: KLD, or (fast measurements) the imatrix-weighted squared error."""
+    return "weighted error" if meas.info.get("fast") else "KLD"
+
+
+def solve_from_args(source, meas: Measurements, imatrix, args, *, extra_kv: Optional[list] = None, log=None,
+                    t0: Optional[float] = None) -> BudgetResult:
+    """:func:`solve` for the target, ``pin`` list and ``allow_types`` text of ``args`` (the CLI's names),
+    with ``imatrix``'s metadata counted in the size (``extra_kv``: as the caller will write it; by default
+    with the file's base name, as the CLI writes it)."""
+    target = target_from_args(args)
+    pins, allow = pins_and_allow(args)
+    if extra_kv is None:
+        extra_kv = imatrix.metadata(os.path.basename(imatrix.path or ""))
+    res = solve(source, meas, target, pins=pins, allow=allow, has_imatrix=True, imatrix_path=imatrix.path,
+                extra_kv=extra_kv)
+    if log is not None:
+        log(f"budget: {target.kind} target -> bound {res.target_bytes} bytes; predicted file {res.size} bytes, "
+            f"{res.bpw:.3f} bpw, predicted {error_unit(meas)} {res.predicted_kld:.4g} (measurements {meas.key}, "
+            f"{time.perf_counter() - t0 if t0 is not None else res.seconds:.1f} s)")
+    return res
+
+
+def pins_and_allow(args) -> tuple[list[Pin], Optional[list[str]]]:
+    """The ``pin`` list and the ``allow_types`` text ("Q4_K,Q6_K") of ``args``, parsed (None: every type)."""
+    pins = [parse_pin(p) for p in (getattr(args, "pin", None) or ())]
+    allow = None
+    if getattr(args, "allow_types", None):
+        allow = [writable(t.strip(), "--allow-types") for t in args.allow_types.split(",") if t.strip()]
+    return pins, allow
+
+
+def predicted_error(meas: Measurements, plan) -> Optional[float]:
+    """The error model's prediction for any plan, ``Σ s[t] · E[t][type]`` over the measured tensors (0 for a
+    tensor the plan keeps as it is); None when the plan gives a tensor a type that was not measured."""
+    total = 0.0
+    for e in plan.entries:
+        row = meas.errors.get(e.name)
+        if row is None or not e.quantize:
+            continue
+        if e.type not in row:
+            return None
+        total += meas.sensitivity[e.name] * row[e.type]
+    return total
+
+
+def preset_points(source, meas: Measurements, *, has_imatrix: bool = True, extra_kv: Optional[list] = None,
+                  presets: Sequence[str] = PRESET_LADDER) -> list[tuple[str, int, float]]:
+    """(preset, predicted file size, predicted error) of each llama-quantize preset that applies to the model
+    and whose types were all measured, by the same error model as the solver's plans."""
+    out = []
+    for name in presets:
+        try:
+            plan = make_plan(source.tensors, source.metadata, name, has_imatrix=has_imatrix)
+        except QuantStudioError:
+            continue
+        err = predicted_error(meas, plan)
+        if err is not None and not (plan.requires_imatrix and not has_imatrix):
+            out.append((name, predict_size(plan, source, extra_kv=extra_kv).total, err))
+    return out
+
+
+def size_range(source, meas: Measurements, **solve_kw) -> tuple[BudgetResult, BudgetResult]:
+    """The solver's smallest and largest plans (file size) under ``solve_kw`` (pins, allow, has_imatrix,
+    extra_kv): every tensor at its cheapest allowed type, and at its least-error one."""
+    try:
+        solve(source, meas, Target("size", 1), **solve_kw)
+        raise QuantStudioError("internal: a one-byte target was met")
+    except PlanError as e:
+        if not hasattr(e, "min_bytes"):
+            raise
+        lo = solve(source, meas, Target("size", e.min_bytes), **solve_kw)
+    hi = solve(source, meas, Target("size", 1 << 60), **solve_kw)
+    hi.plan.warnings = [w for w in hi.plan.warnings if not w.startswith("the target allows")]
+    return lo, hi
+
+
+def frontier(source, meas: Measurements, n: int = FRONTIER_POINTS, *, presets: Sequence[str] = PRESET_LADDER,
+             cancel: Optional[CancelToken] = None, **solve_kw) -> dict:
+    """What the studio's size-vs-error chart draws: the solver's plans at ``n`` file sizes evenly across what
+    it can reach, and the presets' points (:func:`preset_points`), all by the same error model::
+
+        {"unit": "KLD" | "weighted error", "lo": BudgetResult, "hi": BudgetResult,
+         "frontier": [(file bytes, predicted error, bpw)], "presets": [(name, file bytes, predicted error)]}
+
+    A plan's error counts every measured tensor (pinned ones too, when their type was measured)."""
+    cancel = cancel or CancelToken()
+    lo, hi = size_range(source, meas, **solve_kw)
+    pts = []
+    for size in np.linspace(lo.size, hi.size, max(2, n)):
+        cancel.check()
+        r = lo if size <= lo.size else hi if size >= hi.size else solve(source, meas, Target("size", int(size)),
+                                                                       **solve_kw)
+        err = predicted_error(meas, r.plan)
+        pts.append((r.size, r.predicted_kld if err is None else err, r.bpw))
+    return {"unit": error_unit(meas), "lo": lo, "hi": hi, "frontier": pts,
+            "presets": preset_points(source, meas, has_imatrix=bool(solve_kw.get("has_imatrix")),
+                                     extra_kv=solve_kw.get("extra_kv"), presets=presets)}
+
+
+def bpw_grid(plan) -> tuple[list[int], list[str], np.ndarray]:
+    """(layers, kinds, bits per weight as a kinds × layers array, NaN where a layer has no such tensor) of the
+    plan's matrices in ``blk.N.*``: the studio's heat map of a budget plan."""
+    cells = {}
+    for e in plan.entries:
+        layer, kind = _group_of(e.name)
+        if layer is not None and len(e.shape) >= 2:
+            cells[(layer, kind)] = e.bpw
+    kinds = list(dict.fromkeys(k for _, k in cells))
+    layers = list(range(max((l_ for l_, _ in cells), default=-1) + 1))
+    grid = np.full((len(kinds), len(layers)), np.nan)
+    for (l_, k), v in cells.items():
+        grid[kinds.index(k), l_] = v
+    return layers, kinds, grid

@@ -67,6 +67,9 @@ class Plan:
     rules: PlanRules = field(default_factory=PlanRules)     # what the user chose (see make_plan)
     model: Optional[ModelFacts] = None                      # the facts the choice read, to re-derive
     warnings: list[str] = field(default_factory=list)
+    # how core.budget chose the types (target, pins, allowed types, measurements' hash): kept by the JSON;
+    # a plan re-derived from edited rules is no longer the solver's and has none
+    budget: Optional[dict] = None
 
     @property
     def preset(self) -> str:
@@ -150,6 +153,8 @@ class Plan:
         d = {"version": PLAN_VERSION, "file_type": self.file_type, "rules": self.rules.to_dict(),
              "model": self.model.to_dict() if self.model is not None else None, "warnings": self.warnings,
              "tensors": [asdict(e) | {"shape": list(e.shape)} for e in self.entries]}
+        if self.budget is not None:
+            d["budget"] = self.budget
         return json.dumps(d, indent=1)
 
     @classmethod
@@ -168,8 +173,9 @@ class Plan:
                 o = dict(d.get("options", {}))
                 rules = PlanRules.from_v2_options(d.get("preset", ""), bool(d.get("pure", False)), o)
                 model = o.get("model")
+            budget = d.get("budget")
             return cls(entries, int(d["file_type"]), rules, ModelFacts(**model) if model else None,
-                       list(d.get("warnings", [])))
+                       list(d.get("warnings", [])), dict(budget) if isinstance(budget, dict) else None)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise PlanError(f"not a valid plan file: {e}") from None
 

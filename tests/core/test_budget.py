@@ -82,7 +82,7 @@ def test_bpw_and_memory_targets(syn):
     assert 4.95 <= r.bpw <= 5.0
     oh = B.memory_overhead(src.metadata, 256)
     assert oh["kv_cache"] == 2 * 256 * 2 * 64 * 2 * 2        # n_layer n_ctx n_head_kv head_dim K+V F16
-    mem = 2_000_000 + oh["kv_cache"] + oh["compute"]
+    mem = 2_000_000 + sum(oh.values())                        # + compute buffer + logits buffer
     r = B.solve(src, meas, B.Target("memory", mem, 256), has_imatrix=True)
     assert 0.99 * 2_000_000 <= r.size <= 2_000_000
 
@@ -183,3 +183,49 @@ def test_cli_checks_the_plan_against_the_nearest_preset(synthetic_path, tmp_path
     assert (m.group(3) == "WORSE than") == (plan_kld > preset_kld)
     assert ("consider --preset" in err) == (plan_kld > preset_kld)
     assert abs(int(m.group(1)) - int(m.group(5))) < 0.1 * int(m.group(1))      # the preset nearest in size
+
+
+def test_budget_block_survives_save_and_load(syn):
+    """The solver's plan carries its budget block (target, pins, allowed types, measurements' hash); Plan's
+    JSON keeps it through a save and a load (the studio saves with Plan.to_json), a re-derived plan has none."""
+    src, meas, *_ = syn
+    r = B.solve(src, meas, B.Target("bpw", 4.5), pins=[B.parse_pin("attn_q=Q8_0")], allow=list(SYN_TYPES),
+                has_imatrix=True)
+    assert r.plan.budget == r.info() and r.plan.budget["pins"] == ["attn_q=Q8_0"]
+    back = Plan.from_json(r.plan.to_json())
+    assert back.budget == json.loads(json.dumps(r.info()))
+    assert back.budget["target"] == {"kind": "bpw", "value": 4.5, "n_ctx": 0}
+    assert back.budget["allowed_types"] == sorted(SYN_TYPES) and back.budget["measurements"] == meas.key
+    assert Plan.from_json(back.to_json()).budget == back.budget                  # saved again: still there
+    assert B.read_budget_info(B.plan_json(r)) == back.budget                     # the CLI's --save-plan, same block
+    assert back.rederive(preset="Q8_0").budget is None
+    assert Plan.from_json(make_plan(src.tensors, src.metadata, "Q4_K_M").to_json()).budget is None
+
+
+def test_frontier_presets_and_heat_grid(syn):
+    """What the studio's chart and heat map draw: the solver's smallest and largest plans, plans in between
+    whose predicted error falls as the size grows, each preset's point by the same error model, and the
+    plan's bits per weight as a kinds × layers grid."""
+    src, meas, *_ = syn
+    kw = dict(pins=[B.parse_pin("ffn_down=>=Q5_0")], has_imatrix=True)
+    ch = B.frontier(src, meas, 8, **kw)
+    lo, hi = ch["lo"], ch["hi"]
+    with pytest.raises(Exception, match="too small"):
+        B.solve(src, meas, B.Target("size", lo.size - 1), **kw)
+    assert hi.size > lo.size and B.solve(src, meas, B.Target("size", 2 * hi.size), **kw).size == hi.size
+    sizes, errs = [p[0] for p in ch["frontier"]], [p[1] for p in ch["frontier"]]
+    assert sizes[0] == lo.size and sizes[-1] == hi.size and len(sizes) == 8
+    assert all(np.diff(sizes) >= 0) and all(np.diff(errs) <= 1e-9 * max(errs))
+    assert ch["unit"] == "KLD"
+    for name, size, err in ch["presets"]:
+        plan = make_plan(src.tensors, src.metadata, name, has_imatrix=True)
+        assert size == predict_size(plan, src).total
+        assert err == pytest.approx(sum(meas.predicted(e.name, e.type) for e in plan.entries
+                                        if e.quantize and e.name in meas.errors))
+    assert {"Q4_K_M", "Q6_K", "Q8_0"} <= {p[0] for p in ch["presets"]}
+    # presets with unmeasured types have no point (IQ4_XS is not among SYN_TYPES)
+    assert "IQ4_XS" not in {p[0] for p in ch["presets"]}
+    layers, kinds, grid = B.bpw_grid(lo.plan)
+    assert layers == list(range(2)) and grid.shape == (len(kinds), 2) and "ffn_down.weight" in kinds
+    e = lo.plan.entry("blk.1.ffn_down.weight")
+    assert grid[kinds.index("ffn_down.weight"), 1] == e.bpw >= B.type_info("Q5_0").bpw
