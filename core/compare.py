@@ -1,7 +1,8 @@
 """Two quants of one model side by side (``quant-studio diff A.gguf B.gguf [--source SRC]``, the studio's
 Compare view): per tensor the type, bpw and size in each file, grouped by layer, with the differences
-marked; totals; metadata keys added, removed and changed; and, with the source model, each file's
-weight error per tensor against it."""
+marked; totals; metadata keys added, removed and changed; with the source model, each file's weight error
+per tensor against it; and, when both were run through the forward pass against the source
+(``--eval``, the view's Evaluate button), each file's PPL and KL-divergence (:class:`EvalComparison`)."""
 from __future__ import annotations
 
 import math
@@ -57,6 +58,7 @@ class Comparison:
     changed: dict = field(default_factory=dict)        # key: (A's value, B's value)
     a_size: int = 0
     b_size: int = 0
+    evaluation: Optional["EvalComparison"] = None
 
     @property
     def n_different(self) -> int:
@@ -83,6 +85,40 @@ class Comparison:
                              "changed": {k: list(xy) for k, xy in self.changed.items()}},
                 "tensors": [asdict(t) | {"shape": list(t.shape), "a_bpw": t.a_bpw, "b_bpw": t.b_bpw,
                                          "differs": t.differs} for t in self.tensors]}
+
+
+@dataclass
+class EvalComparison:
+    """Both files evaluated against the source in one lockstep forward pass (``core.eval.run.evaluate``, run
+    by the CLI and ``core.tasks.compare_eval``: core.eval sits above this module): ``results`` are its
+    EvalResults, A's then B's, over ``n_chunk`` chunks of ``n_ctx`` tokens of the text named ``text``."""
+
+    a: str
+    b: str
+    source: str
+    text: str
+    n_ctx: int
+    n_chunk: int
+    results: list = field(default_factory=list)
+
+    def result(self, which: str):
+        """The EvalResult of file ``"A"`` or ``"B"``."""
+        return self.results["AB".index(which)]
+
+    @property
+    def base(self) -> tuple[float, float]:
+        """(PPL, its error) of the source over the same tokens."""
+        k = self.results[0].kld
+        return k.ppl_base, k.ppl_base_err
+
+    @property
+    def closer(self) -> Optional[str]:
+        """``"A"`` or ``"B"``: the file whose mean KLD against the source is lower, when the intervals
+        (± one standard error) do not overlap; None when they do."""
+        ka, kb = (r.kld for r in self.results)
+        if abs(ka.kld_mean - kb.kld_mean) <= ka.kld_err + kb.kld_err:
+            return None
+        return "A" if ka.kld_mean < kb.kld_mean else "B"
 
 
 def rel_rmse(model, source, name: str, threads: int = 1, cancel: Optional[CancelToken] = None) -> Optional[float]:

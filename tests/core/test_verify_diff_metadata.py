@@ -1,6 +1,7 @@
 """verify, diff and set-metadata on real files: a sound file passes; one flipped block or two swapped
 tensors are caught and named (exit 2); two quants of one model compare tensor by tensor with their
-metadata; metadata edits copy the tensors byte for byte and load in llama.cpp."""
+metadata (and, with --eval, their PPL/KLD against the source, as `eval` gives them); metadata edits copy the
+tensors byte for byte and load in llama.cpp."""
 from __future__ import annotations
 
 import json
@@ -84,6 +85,108 @@ def test_swapped_tensors_are_caught(quants, synthetic_path, tmp_path):
     assert named == {"blk.0.ffn_up.weight", "blk.0.ffn_gate.weight"}
 
 
+@pytest.fixture(scope="module")
+def iq2(tmp_path_factory, synthetic_path):
+    """The synthetic model as IQ2_XXS (needs an imatrix: a random one, saved next to the file)."""
+    from core.imatrix import ImatrixData
+
+    d = tmp_path_factory.mktemp("iq2")
+    im = str(d / "syn.imatrix.gguf")
+    ImatrixData.random_for(open_model(synthetic_path).tensors).save(im)
+    p = str(d / "syn.IQ2_XXS.gguf")
+    r = _cli("quantize", synthetic_path, p, "--preset", "IQ2_XXS", "--imatrix", im, "--verify")
+    assert r.returncode == 0 and "verified: sound" in r.stdout, r.stderr
+    iq = [t.name for t in open_model(p).tensors if t.dtype == "IQ2_XXS"]
+    assert len(iq) > 4
+    return p, im, iq
+
+
+def _checks(r) -> dict:
+    return {t["name"]: t["check"] for t in json.loads(r.stdout)["tensors"]}
+
+
+def test_sound_iq2_xxs_passes_with_and_without_its_imatrix(iq2, synthetic_path, tmp_path):
+    """With the weights it was made with, every tensor is requantized exactly (the same error); without
+    them (the imatrix the file names moved away) IQ2_XXS is compared, approximately, with a requantization
+    with uniform weights -- not flagged for its error (rel. RMSE above 0.5 on this model)."""
+    path, im, iq = iq2
+    r = _cli("verify", path, "--source", synthetic_path, "--imatrix", im, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert set(_checks(r).values()) == {"requantized"}
+    by_name = {t["name"]: t for t in rep["tensors"]}
+    assert all(abs(by_name[n]["rel_rmse"] - by_name[n]["expected_rel_rmse"]) <= 1e-9 for n in iq)
+    assert max(by_name[n]["rel_rmse"] for n in iq) > 0.5            # what the plausibility bound flagged
+    r = _cli("verify", path, "--source", synthetic_path, "--json")      # the imatrix named in the file, found
+    assert r.returncode == 0 and {_checks(r)[n] for n in iq} == {"requantized (with the imatrix named in the file)"}
+    lone = str(tmp_path / os.path.basename(path))
+    shutil.copy(path, lone)
+    r = _cli("verify", lone, "--source", synthetic_path, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {_checks(r)[n] for n in iq} == {"requantized (uniform weights, approximate)"}
+    n_approx = sum("approximate" in c for c in _checks(r).values())
+    r = _cli("verify", lone, "--source", synthetic_path)
+    assert r.returncode == 0 and f"{n_approx} of them approximately" in r.stdout, r.stdout
+    assert set(_checks(_cli("verify", lone, "--json")).values()) == {"decode only"}
+    r = _cli("verify", lone, "--imatrix", im)
+    assert r.returncode == 2 and "--imatrix needs --source" in r.stderr
+
+
+def test_iq2_xxs_defects_are_caught_with_and_without_weights(iq2, synthetic_path, tmp_path):
+    path, im, iq = iq2
+    bad = str(tmp_path / "flipped.gguf")                 # no imatrix next to it: uniform weights
+    _flip_block(path, bad, iq[2])
+    for extra in ((), ("--imatrix", im)):
+        r = _cli("verify", bad, "--source", synthetic_path, *extra)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        named = [line.split(":")[0].strip() for line in r.stderr.splitlines()[1:]]
+        assert named == [iq[2]], r.stderr
+    m = open_model(path)                                 # two IQ2_XXS tensors of one shape in each other's place
+    a, b = next((x, y) for i, x in enumerate(iq) for y in iq[i + 1:]
+                if m.tensor(x).shape == m.tensor(y).shape)
+    swapped = str(tmp_path / "swapped.gguf")
+    shutil.copy(path, swapped)
+    (oa, na), (ob, nb) = m.data_span(a), m.data_span(b)
+    blob = open(path, "rb").read()
+    with open(swapped, "r+b") as f:
+        f.seek(oa)
+        f.write(blob[ob:ob + nb])
+        f.seek(ob)
+        f.write(blob[oa:oa + na])
+    r = _cli("verify", swapped, "--source", synthetic_path, "--json")
+    assert r.returncode == 2 and {d.split(":")[0] for d in json.loads(r.stdout)["defects"]} == {a, b}
+
+
+def test_structure_reader_reads_what_gguf_py_reads(quants, tmp_path):
+    """verify's faster GGUFReader gives every field (parts, types, values) and tensor as gguf-py's own,
+    string arrays (the vocabulary, an empty one) included."""
+    from gguf import GGUFReader, GGUFWriter
+
+    from core.verify import _fast_reader
+
+    extra = str(tmp_path / "arrays.gguf")
+    w = GGUFWriter(extra, "llama")
+    w.add_array("x.empty", [])
+    w.add_array("x.words", ["a", "", "ünï", "b" * 300])
+    w.add_array("x.ints", [1, 2, 3])
+    w.add_string("x.s", "s")
+    w.add_tensor("t", np.arange(8, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for path in (quants["Q4_K_M"], extra):
+        a, b = _fast_reader()(path, "r"), GGUFReader(path, "r")
+        assert list(a.fields) == list(b.fields) and any(len(f.data) > 100 for f in b.fields.values()) == (path != extra)
+        for k, f in b.fields.items():
+            g = a.fields[k]
+            assert (g.offset, g.types, g.data, g.contents()) == (f.offset, f.types, f.data, f.contents()), k
+            assert len(g.parts) == len(f.parts) and all(
+                u.dtype == v.dtype and np.array_equal(u, v) for u, v in zip(g.parts, f.parts)), k
+        assert [(t.name, t.tensor_type, t.data_offset, t.n_bytes, list(t.shape)) for t in a.tensors] == \
+            [(t.name, t.tensor_type, t.data_offset, t.n_bytes, list(t.shape)) for t in b.tensors]
+
+
 def test_truncated_file_is_a_defect_not_a_traceback(quants, tmp_path):
     bad = tmp_path / "cut.gguf"
     bad.write_bytes(open(quants["Q6_K"], "rb").read()[:-5000])
@@ -108,6 +211,40 @@ def test_diff_of_two_quants(quants, synthetic_path):
             assert t["a_rel_rmse"] > t["b_rel_rmse"] > 0
     text = _cli("diff", quants["Q4_K_M"], quants["Q6_K"]).stdout
     assert "* " in text and "general.file_type" in text and "layer 0" in text
+
+
+def test_diff_eval_gives_eval_figures(demo_f32_path, tmp_path):
+    """diff --eval: both files through the forward pass against the source, the figures `eval` gives for the
+    same files and text (same numbers), Q8_0 closer than Q4_0; --eval without --source is an error."""
+    paths = []
+    for t in ("Q8_0", "Q4_0"):
+        paths.append(str(tmp_path / f"demo.{t}.gguf"))
+        r = _cli("quantize", demo_f32_path, paths[-1], "--type", t)
+        assert r.returncode == 0, r.stderr
+    small = ("--ctx", "64", "--chunks", "2", "--threads", "2")
+    r = _cli("diff", *paths, "--source", demo_f32_path, "--eval", *small, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    r = _cli("eval", demo_f32_path, *paths, *small, "--json")
+    assert r.returncode == 0, r.stderr
+    want = json.loads(r.stdout)
+    assert d["eval"] == want and [e["label"] for e in want] == ["demo.Q8_0.gguf", "demo.Q4_0.gguf"]
+    q8, q4 = want
+    assert 0 < q8["kld_mean"] < q4["kld_mean"] and q8["tokens"] == q4["tokens"] == 2 * (64 - 1 - 32)
+    assert d["totals"]["different"] > 0 and all(t["b_rel_rmse"] is not None for t in d["tensors"] if t["differs"])
+
+    r = _cli("diff", *paths, "--source", demo_f32_path, "--eval", *small)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for which, e in zip("AB", want):                   # the table's row of each file: eval's figures
+        row = next(line for line in lines if line.startswith(f"{which}  {e['label']}"))
+        assert f"{e['ppl']:.4f}" in row and f"{e['kld_mean']:.5f} ± {e['kld_err']:.5f}" in row
+        assert f"{100 * e['same_top_p']:.2f} %" in row
+    assert f"base PPL {q8['ppl_base']:.4f}" in r.stdout and "A is closer to the source" in r.stdout
+
+    r = _cli("diff", *paths, "--eval")
+    assert r.returncode == 2 and "--eval needs --source" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert r.stdout == ""
 
 
 def test_set_metadata_copies_tensors_verbatim_and_llama_cpp_loads_it(quants, tmp_path):
