@@ -1,9 +1,12 @@
 """Compare two GGUF quants of one model (File › Compare GGUF Files…): per tensor the type, bpw, size and --
 against the open model, when it has the same tensors -- each file's error, grouped by layer with the
 differences marked; totals and metadata differences; for the selected tensor both decoded histograms
-over the source's. The numbers come from core.compare, run in a worker process."""
+over the source's; and (Evaluate) both files run against the open model through the forward pass, their PPL
+and KL-divergence beside the totals. The numbers come from core.compare and core.eval, run in worker
+processes."""
 from __future__ import annotations
 
+import html
 import os
 from typing import Optional
 
@@ -12,14 +15,17 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDialog, QFileDialog, QGridLayout, QHBoxLayout,
-                               QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QProgressBar, QPushButton,
+                               QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from . import fmt
+from .eval_view import TextChooser, _Progress
 from .session import Session
 
 COLUMNS = ["Layer", "Tensor", "A type", "A bpw", "B type", "B bpw", "A size", "B size", "A rel. RMSE", "B rel. RMSE"]
 DIFF_BRUSH = QBrush(QColor(229, 72, 77, 60))         # rows whose types differ
+EVAL_TIP = ("Run the open model and both files over the text in one pass: each file's perplexity and "
+            "KL-divergence against the open model (as llama-perplexity --kl-divergence)")
 PENS = {"source": (150, 150, 150), "A": (62, 142, 247), "B": (245, 165, 36)}
 
 
@@ -30,8 +36,10 @@ class CompareDialog(QDialog):
         self.s = session
         self.result = None
         self.histograms: Optional[dict] = None
+        self.evaluation = None                 # core.compare.EvalComparison of the last Evaluate
         self._handle = None
         self._hist_handle = None
+        self._eval_handle = None
         self.a_edit, self.b_edit = QLineEdit(a), QLineEdit(b)
         grid = QGridLayout()
         for row, (label, edit) in enumerate((("A:", self.a_edit), ("B:", self.b_edit))):
@@ -45,6 +53,7 @@ class CompareDialog(QDialog):
                                     "(it must have the same tensors)")
         self.with_source.setChecked(session.source is not None)
         self.with_source.setEnabled(session.source is not None)
+        self.with_source.toggled.connect(self._eval_enable)
         self.run_btn = QPushButton("Compare")
         self.run_btn.setDefault(True)
         self.run_btn.clicked.connect(self.start)
@@ -58,6 +67,29 @@ class CompareDialog(QDialog):
         top.addWidget(self.progress)
         top.addWidget(self.run_btn)
 
+        # -- the forward pass: both files against the open model (PPL, KLD)
+        self.eval_text = TextChooser()
+        self.eval_ctx = QSpinBox(minimum=16, maximum=32768, value=512, singleStep=64)
+        self.eval_ctx.setToolTip("Tokens per chunk (llama-perplexity -c)")
+        self.eval_chunks = QSpinBox(minimum=1, maximum=100000, value=8)
+        self.eval_chunks.setToolTip("Chunks of the text evaluated (llama-perplexity --chunks)")
+        self.eval_progress = _Progress()
+        self.eval_btn = QPushButton("Evaluate")
+        self.eval_btn.clicked.connect(self.evaluate)
+        self.eval_cancel = QPushButton("Cancel")
+        self.eval_cancel.setEnabled(False)
+        self.eval_cancel.clicked.connect(self.cancel_evaluation)
+        ev = QHBoxLayout()
+        ev.addWidget(QLabel("Forward pass on:"))
+        ev.addWidget(self.eval_text, 2)
+        ev.addWidget(QLabel("Context:"))
+        ev.addWidget(self.eval_ctx)
+        ev.addWidget(QLabel("Chunks:"))
+        ev.addWidget(self.eval_chunks)
+        ev.addWidget(self.eval_progress, 2)
+        ev.addWidget(self.eval_cancel)
+        ev.addWidget(self.eval_btn)
+
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
@@ -69,6 +101,12 @@ class CompareDialog(QDialog):
         self.totals = QLabel("Choose two GGUF files of the same model.")
         self.totals.setWordWrap(True)
         self.totals.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.eval_figures = QLabel()
+        self.eval_figures.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.eval_figures.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        figures = QHBoxLayout()
+        figures.addWidget(self.totals, 1)
+        figures.addWidget(self.eval_figures)
         self.meta = QPlainTextEdit(readOnly=True)
         self.meta.setPlaceholderText("Metadata differences")
         self.plot = pg.PlotWidget()
@@ -93,9 +131,11 @@ class CompareDialog(QDialog):
         lay = QVBoxLayout(self)
         lay.addLayout(grid)
         lay.addLayout(top)
-        lay.addWidget(self.totals)
+        lay.addLayout(ev)
+        lay.addLayout(figures)
         lay.addWidget(split, 1)
         self.resize(1400, 800)
+        self._eval_enable()
 
     def _browse(self, edit: QLineEdit) -> None:
         start = os.path.dirname(edit.text()) or os.path.dirname(self.s.path or "") or os.path.expanduser("~")
@@ -110,6 +150,9 @@ class CompareDialog(QDialog):
             self.totals.setText("Choose two GGUF files.")
             return
         source = self.s.path if self.with_source.isChecked() and self.s.source is not None else None
+        if self.evaluation is not None and (self.evaluation.a, self.evaluation.b) != (a, b):
+            self.evaluation = None                       # figures of other files: gone with them
+            self.eval_figures.clear()
         self.run_btn.setEnabled(False)
         self.progress.setValue(0)
         self.totals.setText("Comparing…")
@@ -127,6 +170,8 @@ class CompareDialog(QDialog):
 
     def show_result(self, c) -> None:
         self.result = c
+        if self.evaluation is not None and (self.evaluation.a, self.evaluation.b) == (c.a, c.b):
+            c.evaluation = self.evaluation
         self.progress.setValue(100)
         tot = c.totals()
         self.totals.setText(
@@ -151,6 +196,78 @@ class CompareDialog(QDialog):
         lines = c.metadata_lines(lambda v: fmt.short_value(v, 60))
         self.meta.setPlainText("\n".join(lines) if lines else "identical")
         self._filter()
+
+    # -- evaluation (the forward pass) -----------------------------------------------------------
+    def _eval_enable(self) -> None:
+        running = self._eval_handle is not None and self._eval_handle.running
+        ok = self.s.source is not None and self.with_source.isChecked()
+        self.eval_btn.setEnabled(ok and not running)
+        self.eval_cancel.setEnabled(running)
+        self.eval_btn.setToolTip(EVAL_TIP if ok else "Open the files' source model in the studio and check "
+                                 "'Errors against the open model' to evaluate them against it")
+
+    def evaluate(self) -> None:
+        """Both files against the open model in one lockstep forward pass (core.tasks.compare_eval)."""
+        a, b = self.a_edit.text().strip(), self.b_edit.text().strip()
+        if not a or not b:
+            self.eval_figures.setText("Choose two GGUF files.")
+            return
+        if self.s.source is None or not self.with_source.isChecked():
+            return
+        self.evaluation = None
+        self.eval_figures.setText("Evaluating A and B against the open model…")
+        self.eval_progress.setValue(0)
+        h = self._eval_handle = self.s.workers.submit(
+            "core.tasks:compare_eval", self.s.path, a, b, self.eval_text.path(), self.eval_ctx.value(),
+            self.eval_chunks.value(), name="compare-eval", user=True)
+        h.progress.connect(self.eval_progress.show_event)
+        h.succeeded.connect(self.show_evaluation)
+        h.failed.connect(self._eval_failed)
+        h.cancelled.connect(self._eval_cancelled)
+        h.finished.connect(self._eval_enable)
+        self._eval_enable()
+
+    def cancel_evaluation(self) -> None:
+        if self._eval_handle is not None and self._eval_handle.running:
+            self._eval_handle.cancel()
+
+    def _eval_cancelled(self) -> None:
+        self.eval_progress.setValue(0)
+        self.eval_progress.setFormat("")
+        self.eval_figures.setText("Evaluation cancelled.")
+
+    def _eval_failed(self, e) -> None:
+        self.eval_progress.setValue(0)
+        self.eval_progress.setFormat("")
+        self.eval_figures.setText(f"<b style='color:#e5484d'>Cannot evaluate</b>: {html.escape(str(e))}")
+
+    def show_evaluation(self, ev) -> None:
+        """``ev``: core.compare.EvalComparison. A small table (PPL, KLD mean ± error, KLD 99 %, same top
+        token) per file, under the source's PPL and the text."""
+        self.evaluation = ev
+        if self.result is not None and (self.result.a, self.result.b) == (ev.a, ev.b):
+            self.result.evaluation = ev
+        self.eval_progress.setValue(1000)
+        self.eval_progress.setFormat("done")
+        ppl, err = ev.base
+        cell = "<td align='right' style='padding:0 6px'>{}</td>"
+        rows = ["<tr><th></th>" + "".join(f"<th align='right' style='padding:0 6px'>{h}</th>" for h in
+                                          ("PPL", "KLD mean", "KLD 99 %", "same top")) + "</tr>"]
+        for which in "AB":
+            k = ev.result(which).kld
+            rows.append(f"<tr><td><b>{which}</b></td>" + "".join(cell.format(x) for x in (
+                f"{k.ppl:.4f}", f"{k.kld_mean:.5f} ± {k.kld_err:.5f}", f"{k.kld_percentiles[99.0]:.4f}",
+                f"{100 * k.same_top_p:.2f} %")) + "</tr>")
+        closer = ev.closer
+        verdict = f"<b>{closer}</b> is closer to the source" if closer else "A and B within their errors"
+        self.eval_figures.setText(
+            f"<table cellspacing='0'>{''.join(rows)}</table>"
+            f"<span style='color:gray'>source PPL {ppl:.4f} ± {err:.4f}; {ev.n_chunk} chunks of {ev.n_ctx} tokens "
+            f"of {html.escape(ev.text)}; {verdict}</span>")
+
+    def closeEvent(self, event) -> None:      # noqa: N802 - Qt's name
+        self.cancel_evaluation()
+        super().closeEvent(event)
 
     def differing_rows(self) -> list[int]:
         return [r for r, t in enumerate(self.result.tensors) if t.differs] if self.result else []

@@ -15,7 +15,7 @@ from core.errors import QuantStudioError
 
 from . import plan_choices, theme
 from .plan_panel import PlanPanel
-from .plots import ChannelPlot, HistogramPlot, LayerHeatmap
+from .plots import ChannelPlot, ErrorPlot, HistogramPlot, LayerHeatmap
 from .preview_panel import PreviewPanel
 from .quantize_panel import QuantizePanel
 from .session import Session
@@ -55,6 +55,10 @@ class MainWindow(QMainWindow):
         self.plots.addTab(self.hist, "Histogram")
         self.plots.addTab(self.channels, "Channels")
         self.plots.addTab(self.heatmap, "Layers")
+        self.errors = ErrorPlot()             # computed over every row only while its tab is shown
+        self.plots.addTab(self.errors, "Error x−q(x)")
+        self._errors_want: Optional[tuple[str, str]] = None      # (tensor, type) the error tab should show
+        self.plots.currentChanged.connect(lambda _: self._request_errors())
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.table)
         split.addWidget(self.plots)
@@ -106,6 +110,10 @@ class MainWindow(QMainWindow):
         s.planChanged.connect(self._plan_changed)
         s.planChanged.connect(self._update_title)
         s.overlayReady.connect(self._overlay)
+        s.levelsReady.connect(self._levels)
+        s.errorsReady.connect(lambda name, t, r: self.errors.set_result(r) if (name, t) == self.errors.key else None)
+        s.errorsProgress.connect(lambda name, t, ev: self.errors.set_progress(ev)
+                                 if (name, t) == self.errors.key else None)
         s.warmupDone.connect(lambda: self.warm_label.setText("kernels ready"))
         s.warmupProgress.connect(lambda what, n, total: self.warm_label.setText(
             f"preparing kernels {n}/{total} ({what}); compiled once, then cached"))
@@ -191,6 +199,8 @@ class MainWindow(QMainWindow):
         q = mb.addMenu("&Quantize")
         self.run_action = self._action(q, "&Run", self.run_quantize, "Ctrl+R", "Quantize with the current plan")
         self._action(q, "&Cancel", self.quantize.cancel, "Ctrl+.")
+        self._action(q, "&Batch Export…", self.batch_dialog, None,
+                     "Several presets (and the current plan) in one run, named by a template, each file verified")
         q.addSeparator()
         self._action(q, "Ca&librate (imatrix)…", self.calibrate_dialog, "Ctrl+Shift+I",
                      "Run a text through the model and compute an importance matrix for the plan")
@@ -338,6 +348,7 @@ class MainWindow(QMainWindow):
         self._add_recent(self.s.path)
         self.hist.clear()
         self.channels.clear()
+        self.errors.clear()
         self.current = None
         self.heatmap.redraw()
         sm = src.summary()
@@ -361,30 +372,46 @@ class MainWindow(QMainWindow):
         if st is None:
             self.s.ensure_stats(name)
         self.preview.show_tensor(name)
+        self.errors.clear()
+        self._errors_want = None
         self._request_overlay()
 
     def _overlay_type(self, t: str) -> None:
-        if self.current:
-            self.s.request_overlay(self.current, t)
+        if self.current and self.s.request_overlay(self.current, t) is not None:
+            self._want_errors(self.current, t)
 
     def _request_overlay(self) -> None:
         name = self.current
         if name is None or self.s.plan is None or not plan_choices.quantizable(self.s.source, name):
             return
         t = self.preview.selected_type() or self.s.plan.entry(name).type
-        self.s.request_overlay(name, t)
+        if self.s.request_overlay(name, t) is not None:
+            self._want_errors(name, t)
+
+    def _want_errors(self, name: str, t: str) -> None:
+        """The error tab should show ``name`` in ``t``: asked for now if the tab is shown, else when it is."""
+        self._errors_want = (name, t)
+        self._request_errors()
+
+    def _request_errors(self) -> None:
+        w = self._errors_want
+        if w is None or self.plots.currentWidget() is not self.errors or self.errors.key == w:
+            return
+        if self.s.request_errors(*w) is not None:
+            self.errors.set_pending(*w)
 
     def _overlay(self, name: str, t: str, st) -> None:
         if name == self.current:
             self.hist.set_overlay(t, st)
 
+    def _levels(self, name: str, t: str, lv) -> None:
+        if name == self.current:
+            self.hist.set_levels(lv)
+
     def _stats_ready(self, name: str) -> None:
         if name == self.current:
             st = self.s.stats[name]
-            ov, ot = self.hist.overlay, self.hist.overlay_type
-            self.hist.set_stats(st)
-            if ov is not None:
-                self.hist.set_overlay(ot, ov)
+            self.hist.set_stats(st, keep=True)
             self.channels.set_stats(st)
         soon(self._heat_timer)
 
@@ -506,6 +533,17 @@ class MainWindow(QMainWindow):
         d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         d.show()
         self.budget_view = d
+        return d
+
+    def batch_dialog(self):
+        if self.s.source is None:
+            self.status("Open a model first", 5000)
+            return None
+        from .batch_dialog import BatchDialog
+        d = BatchDialog(self.s, self)
+        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        d.show()
+        self.batch_view = d
         return d
 
     def evaluate_dialog(self):
@@ -631,7 +669,7 @@ class MainWindow(QMainWindow):
     def set_dark(self, dark: bool) -> None:
         self.dark = dark
         theme.apply(QApplication.instance(), dark)
-        for p in (self.hist, self.channels, self.heatmap, self.preview.frontier):
+        for p in (self.hist, self.channels, self.heatmap, self.errors, self.preview.frontier):
             p.set_dark(dark)
         self.table.model.refresh_palette()
 

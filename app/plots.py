@@ -1,5 +1,5 @@
-"""pyqtgraph views of core results: weight histogram (with outliers and the dequantized
-histogram of a type), per-channel abs-max, layer-by-layer heat map, size vs error of presets.
+"""pyqtgraph views of core results: weight histogram (with outliers, the dequantized
+histogram of a type and the levels of a typical block), the error x - q(x) of every weight, per-channel abs-max, layer-by-layer heat map, size vs error of presets.
 They only draw what core computed."""
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ pg.setConfigOptions(antialias=True, imageAxisOrder="row-major")
 ACCENT = "#3e8ef7"
 OVERLAY = "#f5a524"
 WARN = "#e5484d"
+LEVELS = "#2f9e5f"
+LEVEL_TICK = 0.18         # level ticks rise this fraction of the histogram's height (of its decades, in log)
 _LAYER_PREFIX = re.compile(r"^.*?(?:blk|layers|h|block|blocks)\.\d+\.")
 
 
@@ -81,8 +83,10 @@ class _PlotPanel(QWidget):
 
 class HistogramPlot(_PlotPanel):
     """Weight histogram (linear or log counts), outlier thresholds and the largest values marked,
-    and the histogram of the same weights after a round trip through the selected type. The plot
-    items are made once and only their data change (cheap redraws while workers run)."""
+    the histogram of the same weights after a round trip through the selected type, and that type's
+    levels: every value one typical block can represent (core.levels.Levels), as thin ticks rising
+    from the axis. The plot items are made once and only their data change (cheap redraws while
+    workers run)."""
 
     def __init__(self, parent=None):
         super().__init__("Weight histogram", parent)
@@ -90,8 +94,13 @@ class HistogramPlot(_PlotPanel):
         self.show_overlay = QCheckBox("Dequantized overlay", checked=True)
         self.show_overlay.setToolTip("Histogram of a sample of rows after quantizing to the selected type "
                                      "and back (the sample's own counts, not scaled to the whole tensor)")
+        self.show_levels = QCheckBox("Levels", checked=True)
+        self.show_levels.setToolTip("Every value a typical block of this tensor can take in the selected type: "
+                                    "the block whose largest |weight| is the median of a sample's blocks, its "
+                                    "scales kept and every code dequantized by the type's own kernel")
         self.controls.addWidget(self.log)
         self.controls.addWidget(self.show_overlay)
+        self.controls.addWidget(self.show_levels)
         self.controls.addStretch(1)
         self.pw.setLabel("bottom", "weight value")
         self.pw.setLabel("left", "count")
@@ -104,26 +113,42 @@ class HistogramPlot(_PlotPanel):
                                          symbolPen=None, name="largest |w|")
         self.sigma_lines = [pg.InfiniteLine(0.0, angle=90, pen=pg.mkPen(c, width=1, style=st))
                             for c, st in ((OVERLAY, Qt.PenStyle.DotLine),) * 2 + ((WARN, Qt.PenStyle.DashLine),) * 2]
-        for it in [self.curve, self.ov_curve, self.top_marks] + self.sigma_lines:
+        self.level_ticks = pg.PlotDataItem(connect="pairs", pen=pg.mkPen(LEVELS, width=1), name="levels")
+        for it in [self.curve, self.ov_curve, self.level_ticks, self.top_marks] + self.sigma_lines:
             pi.addItem(it)
         self.stats = None
         self.overlay = None
         self.overlay_type = ""
+        self.levels = None                   # core.levels.Levels of the selected type
         self.log.toggled.connect(self.redraw)
         self.show_overlay.toggled.connect(self.redraw)
+        self.show_levels.toggled.connect(self.redraw)
+        pi.vb.sigResized.connect(lambda *_: self._fit_y())
         self.redraw()
 
-    def set_stats(self, st) -> None:
+    def set_stats(self, st, keep: bool = False) -> None:
+        """The statistics of a tensor; ``keep``: the same tensor's, its overlay and levels stay (one redraw)."""
         self.stats = st
-        self.overlay = None
+        if not keep:
+            self.overlay = self.levels = None
         self.redraw()
 
     def set_overlay(self, qtype: str, st) -> None:
         self.overlay, self.overlay_type = st, qtype
         self.redraw()
 
+    def set_levels(self, levels) -> None:
+        """core.levels.Levels (None, or a type without levels: none drawn). Only the ticks and the
+        caption change (a cheap update, once per selected tensor and type)."""
+        self.levels = levels
+        if self.stats is None or self.stats.n_finite == 0:
+            return
+        self._draw_levels()
+        self._fit_y()
+        self._caption()
+
     def clear(self) -> None:
-        self.stats = self.overlay = None
+        self.stats = self.overlay = self.levels = None
         self.redraw()
 
     def redraw(self) -> None:
@@ -133,7 +158,7 @@ class HistogramPlot(_PlotPanel):
             pi.setLogMode(False, log)
         st = self.stats
         if st is None or st.n_finite == 0:
-            for it in [self.curve, self.ov_curve, self.top_marks] + self.sigma_lines:
+            for it in [self.curve, self.ov_curve, self.level_ticks, self.top_marks] + self.sigma_lines:
                 it.setVisible(False)
             self.set_caption("Statistics are being computed…" if st is None else "No finite values.")
             return
@@ -149,6 +174,7 @@ class HistogramPlot(_PlotPanel):
             self.ov_curve.setData(ov.hist_edges, np.maximum(ov.hist_counts.astype(np.float64), floor))
             self._legend_name(self.ov_curve, f"after {self.overlay_type}: sample of {ov.n_finite:,} weights")
         self.ov_curve.setVisible(show_ov)
+        self._draw_levels()
         has_sigma = math.isfinite(st.std) and st.std > 0
         for line, k in zip(self.sigma_lines, (-3, 3, -6, 6)):
             if has_sigma:
@@ -158,13 +184,62 @@ class HistogramPlot(_PlotPanel):
             xs = np.array([v for v, _, _ in st.top], dtype=np.float64)
             self.top_marks.setData(xs, np.full(xs.size, 1.0))
         self.top_marks.setVisible(bool(st.top))
-        pi.enableAutoRange()
+        pi.enableAutoRange(axis="x")
+        self._fit_y()
+        self._caption()
+
+    def _fit_y(self) -> None:
+        """The count axis from the floor to above the peak, with room left at the top for the legend
+        (top left, over the left tail): at narrow widths it used to cover the curve."""
+        st = self.stats
+        if st is None or st.n_finite == 0:
+            return
+        pi = self.pw.getPlotItem()
+        log = self.log.isChecked()
+        top = float(st.hist_counts.max())
+        if self.ov_curve.isVisible() and self.overlay is not None:
+            top = max(top, float(self.overlay.hist_counts.max()))
+        legend_h = pi.legend.boundingRect().height() + 10 + 8 if pi.legend is not None else 0.0   # + offset, gap
+        frac = min(0.7, legend_h / max(pi.vb.height(), 100.0))      # of the plot's height the legend takes
+        if log:
+            lo, hi = math.log10(0.5), math.log10(max(top, 1.0))
+            pi.setYRange(lo, hi + (hi - lo) * frac / (1 - frac), padding=0.02)
+        else:
+            pi.setYRange(0.0, max(top, 1.0) / (1 - frac), padding=0.02)
+
+    def _draw_levels(self) -> None:
+        """The level ticks, from the log floor (or 0) up a fraction of the histogram's height."""
+        st, lv = self.stats, self.levels
+        show = lv is not None and self.show_levels.isChecked() and lv.levels.size > 0
+        if show:
+            log = self.log.isChecked()
+            floor, top = (0.5 if log else 0.0), float(st.hist_counts.max())
+            y1 = floor * (top / floor) ** LEVEL_TICK if log else LEVEL_TICK * top
+            self.level_ticks.setData(np.repeat(lv.levels.astype(np.float64), 2), np.tile([floor, y1], lv.levels.size))
+            self._legend_name(self.level_ticks, f"{lv.label}: {lv.levels.size:,} values")
+        self.level_ticks.setVisible(show)
+        # what the ticks are, in the plot's tooltip: a caption line more would re-lay out the plot twice
+        # per selected tensor (the caption grows when they come, shrinks with the next tensor)
+        self.pw.setToolTip(f"Green ticks: {self.levels_text()}" if show else "")
+
+    def _caption(self) -> None:
+        st, lv = self.stats, self.levels
         o3, o6 = st.outliers_k.get(3, 0), st.outliers_k.get(6, 0)
         self.set_caption(
             f"{st.n_finite:,} weights · mean {fmt.num(st.mean, 3)} · std {fmt.num(st.std, 3)} · kurtosis "
             f"{fmt.num(st.kurtosis, 3)} · beyond 3σ: {o3:,} · beyond 6σ: <span style='color:{WARN}'>{o6:,}</span>"
             + (f" · NaN {st.nan_count:,} · Inf {st.inf_count:,}" if st.nan_count or st.inf_count else "")
-            + (f"<br><span style='color:{OVERLAY}'>orange</span>: {self.overlay_sample_text()}" if show_ov else ""))
+            + (f"<br><span style='color:{OVERLAY}'>orange</span>: {self.overlay_sample_text()}"
+               if self.ov_curve.isVisible() else "")
+            + (f"<br>{lv.note}" if lv is not None and lv.note else ""))
+
+    def levels_text(self) -> str:
+        """What the green ticks are: one block's level set, which block, and how it was chosen."""
+        lv = self.levels
+        if lv is None:
+            return ""
+        return (f"the {lv.levels.size:,} values one block can take in {lv.type} (row {lv.row:,}, block {lv.block}: "
+                f"the median |max| of {lv.blocks_sampled:,} sampled blocks; other blocks scale them)")
 
     def overlay_sample_text(self) -> str:
         """What the orange curve is: exact counts of a sample of rows, said so with its size."""
@@ -181,6 +256,92 @@ class HistogramPlot(_PlotPanel):
         for sample, label in getattr(legend, "items", []):
             if sample.item is item:
                 label.setText(text)
+
+
+class ErrorPlot(_PlotPanel):
+    """The error ``x - q(x)`` of every weight of the selected tensor in the selected type (a
+    core.levels.ErrorHistogram computed over all rows in a worker), with ±RMSE marked; while it is
+    computed, its progress. ``key``: the (tensor, type) shown or being computed. Hidden, it only
+    remembers what to draw (drawn when shown)."""
+
+    def __init__(self, parent=None):
+        super().__init__("Error x − q(x) of every weight", parent)
+        self.log = QCheckBox("Log counts", checked=True)
+        self.controls.addWidget(self.log)
+        self.controls.addStretch(1)
+        self.pw.setLabel("bottom", "x − q(x)")
+        self.pw.setLabel("left", "count")
+        pi = self.pw.getPlotItem()
+        pi.addLegend(offset=(-10, 10))           # top right: the peak is in the middle
+        self.curve = pg.PlotDataItem(stepMode="center", pen=pg.mkPen(WARN, width=1.2),
+                                     brush=pg.mkBrush(QColor(WARN).name() + "50"), name="x − q(x)")
+        self.rmse_lines = [pg.InfiniteLine(0.0, angle=90, pen=pg.mkPen(ACCENT, width=1, style=Qt.PenStyle.DashLine))
+                           for _ in range(2)]
+        for it in [self.curve] + self.rmse_lines:
+            pi.addItem(it)
+        self.result = None                   # core.levels.ErrorHistogram, or the exception of a failed one
+        self.pending: Optional[tuple[str, str]] = None      # (tensor, type) being computed
+        self.key: Optional[tuple[str, str]] = None          # (tensor, type) shown or being computed
+        self._dirty = False
+        self.log.toggled.connect(self.redraw)
+        self.redraw()
+
+    def set_pending(self, name: str, qtype: str) -> None:
+        self.result, self.pending = None, (name, qtype)
+        self.key = self.pending
+        self.redraw()
+
+    def set_progress(self, ev) -> None:
+        if self.pending is not None and self.result is None and self.isVisible():
+            self.set_caption(f"Computing x − q(x) of every weight in {self.pending[1]}… {ev.fraction:.0%}")
+
+    def set_result(self, result) -> None:
+        self.result, self.pending = result, None
+        self.redraw()
+
+    def clear(self) -> None:
+        self.result = self.pending = self.key = None
+        self.redraw()
+
+    def showEvent(self, ev) -> None:
+        super().showEvent(ev)
+        if self._dirty:
+            self.redraw()
+
+    def redraw(self) -> None:
+        self._dirty = not self.isVisible()
+        if self._dirty:
+            return
+        pi = self.pw.getPlotItem()
+        log = self.log.isChecked()
+        if pi.ctrl.logYCheck.isChecked() != log:
+            pi.setLogMode(False, log)
+        h = self.result
+        if h is None or isinstance(h, BaseException) or h.n == 0:
+            for it in [self.curve] + self.rmse_lines:
+                it.setVisible(False)
+            self.set_caption(f"x − q(x) not computed: {h}" if isinstance(h, BaseException) else
+                             f"Computing x − q(x) of every weight in {self.pending[1]}…" if self.pending else
+                             "Select a quantized tensor." if h is None else "No finite errors.")
+            return
+        floor = 0.5 if log else 0.0
+        self.curve.setFillLevel(math.log10(floor) if log else 0.0)
+        self.curve.setData(h.edges, np.maximum(h.counts.astype(np.float64), floor))
+        self.curve.setVisible(True)
+        for line, sign in zip(self.rmse_lines, (-1, 1)):
+            line.setValue(sign * h.rmse)
+            line.setVisible(h.rmse > 0)
+        legend = self.pw.getPlotItem().legend
+        for sample, label in getattr(legend, "items", []):
+            if sample.item is self.curve:
+                label.setText(f"{h.type}: RMSE {fmt.num(h.rmse, 3)}")
+        pi.enableAutoRange()
+        clipped = h.below + h.above
+        self.set_caption(
+            f"{h.n:,} weights, every row, in {h.type} · RMSE {fmt.num(h.rmse, 4)} "
+            f"(<span style='color:{ACCENT}'>dashed: ±RMSE</span>) · max |x − q(x)| {fmt.num(h.max_abs_err, 3)}"
+            + (f" · {clipped:,} beyond ±{fmt.num(h.edges[-1], 3)} counted in the end bins" if clipped else "")
+            + (f" · non-finite {h.n_nonfinite:,}" if h.n_nonfinite else ""))
 
 
 class ChannelPlot(_PlotPanel):
@@ -400,6 +561,10 @@ class LayerHeatmap(_PlotPanel):
 class FrontierPlot(pg.PlotWidget):
     """Size vs estimated relative error of every preset, and the current plan (★)."""
 
+    Y_SCALE = 100.0                          # the error as drawn: a percentage (a subclass may draw it as is)
+    LABEL_GAP = 0.07                         # a dot's name is left out this near (fraction of the x span) another's
+    LABEL_GAP_Y = 0.35                       # ... and this near in decades of the (log) y axis
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setLabel("bottom", "size (MiB)")
@@ -448,7 +613,7 @@ class FrontierPlot(pg.PlotWidget):
             self.dots.setData([], [])
             return
         xs = np.array([b / 2**20 for _, b, _ in pts])
-        ys = np.array([r * 100 for _, _, r in pts])
+        ys = np.array([r * self.Y_SCALE for _, _, r in pts])
         self.dots.setData(xs, ys)
         font = QFont()
         font.setPointSizeF(7.5)
@@ -457,7 +622,7 @@ class FrontierPlot(pg.PlotWidget):
         placed: list[tuple[float, float]] = []
         for (n, _, _), x, y in zip(pts, xs, ys):
             ly = math.log10(y)
-            if any(abs(x - px) < 0.07 * span and abs(ly - py) < 0.35 for px, py in placed):
+            if any(abs(x - px) < self.LABEL_GAP * span and abs(ly - py) < self.LABEL_GAP_Y for px, py in placed):
                 continue                            # crowded: the dot stays, its name does not
             placed.append((x, ly))
             right = x > xs.min() + 0.6 * span       # names of the right-hand dots go to their left: never clipped
@@ -475,4 +640,4 @@ class FrontierPlot(pg.PlotWidget):
         if cur is None:
             self.star.setData([], [])
         else:
-            self.star.setData([cur[0] / 2**20], [cur[1] * 100])
+            self.star.setData([cur[0] / 2**20], [cur[1] * self.Y_SCALE])

@@ -53,6 +53,8 @@ class ModelState:
     undo: list = field(default_factory=list)         # earlier (rules, plan), the latest last
     redo: list = field(default_factory=list)
     saved_rules: Optional[PlanRules] = None          # the rules as opened, loaded or last saved
+    budget_pins: list = field(default_factory=list)  # core.budget pins (REGEX=TYPE, REGEX=>=TYPE) for Fit a Budget
+    budget_meas: dict = field(default_factory=dict)  # fast? -> (core.budget.Measurements, the imatrix they used)
 
     def forget_previews(self) -> None:
         """Previews depend on the importance matrix: drop them when it changes."""
@@ -79,6 +81,9 @@ class Session(QObject, PreviewsMixin):
     candidatesReady = Signal(str, object)       # name, list[ErrorMetrics] (sampled, then exact ones)
     candidateProgress = Signal(str, object)     # name, Progress of the exact pass
     overlayReady = Signal(str, str, object)     # name, type, TensorStats of the dequantized sample
+    levelsReady = Signal(str, str, object)      # name, type, core.levels.Levels (a typical block's levels)
+    errorsReady = Signal(str, str, object)      # name, type, core.levels.ErrorHistogram (every weight) or the error
+    errorsProgress = Signal(str, str, object)   # name, type, Progress of that histogram
     frontierReady = Signal(object)              # list of (label, nbytes, rel_rmse)
     imatrixChanged = Signal()
     imatrixCarried = Signal(bool, str)
@@ -87,6 +92,7 @@ class Session(QObject, PreviewsMixin):
     warmupProgress = Signal(str, int, int)      # what was just loaded or compiled, how many, of how many
     verified = Signal(object)                   # list of core.verify.VerifyReport (one per file written)
     backgroundError = Signal(str, object)      # what was being done, exception (shown in the status bar)
+    budgetPinsChanged = Signal()                # the pins of Fit a Budget changed (the tensor table's menu)
 
     def __init__(self, workers: Optional[Workers] = None, parent: Optional[QObject] = None):
         super().__init__(parent)
@@ -149,7 +155,8 @@ class Session(QObject, PreviewsMixin):
         return self._track(key, self.workers.run_here(fn, key), False)
 
     def cancel_model_tasks(self) -> None:
-        for key in ("stats", "plan-preview", "candidates", "overlay", "frontier"):
+        for key in ("stats", "plan-preview", "candidates", "candidates-exact", "overlay", "levels", "errors",
+                    "frontier"):
             h = self._tasks.get(key)
             if h is not None:
                 h.cancel()
@@ -418,8 +425,9 @@ class Session(QObject, PreviewsMixin):
 
     def verify(self, paths: list[str]) -> TaskHandle:
         """Check written files (core.verify) against the open model, in the background; ``verified``
-        then carries the reports."""
-        h = self._call("verify", "core.tasks:verify", list(paths), self.path, user=True)
+        then carries the reports. The loaded imatrix goes along: its weights are used for a file whose
+        ``quantize.imatrix.*`` metadata says it was made with it."""
+        h = self._call("verify", "core.tasks:verify", list(paths), self.path, imatrix=self.imatrix, user=True)
         h.succeeded.connect(self._bind(lambda m, reports: self.verified.emit(reports)))
         return h
 
@@ -475,23 +483,52 @@ class Session(QObject, PreviewsMixin):
                           self.path, user=True)
 
     def fit_budget(self, kind: str, value: str, n_ctx: int = 4096, fast: bool = False,
-                   allow: Optional[str] = None) -> TaskHandle:
-        """core.budget in the jobs process: a type per tensor for a target; the result replaces the plan (undoable)
-        and the imatrix it used is loaded."""
+                   allow: Optional[str] = None, pins: Optional[list[str]] = None) -> TaskHandle:
+        """core.budget in the jobs process: a type per tensor for a target (``pins``: the session's budget pins
+        by default); the result replaces the plan (undoable) and the imatrix it used is loaded. The result
+        (core.tasks.budget) carries the measurements for :meth:`solve_budget`."""
         if self.source is None:
             raise PlanError("open a model first")
-        h = self._call("budget", "core.tasks:budget", self.path, kind, value, n_ctx, self.imatrix_path, fast, (),
-                       allow, user=True)
-        h.succeeded.connect(self._bind(lambda m, r: self._budget_done(m, r)))
+        pins = self.model.budget_pins if pins is None else pins
+        h = self._call("budget", "core.tasks:budget", self.path, kind, value, n_ctx, self.imatrix_path, fast,
+                       list(pins), allow, user=True)
+        h.succeeded.connect(self._bind(lambda m, r: self.use_budget_plan(r["plan"], r["imatrix_path"])))
         return h
 
-    def _budget_done(self, m: ModelState, r: dict) -> None:
-        plan = r["plan"]
-        if r["imatrix_path"] and r["imatrix_path"] != m.imatrix_path:     # the imatrix first, then the plan
-            h = self.load_imatrix(r["imatrix_path"])
+    def solve_budget(self, meas, imatrix_path: str, kind: str, value: str, n_ctx: int = 4096,
+                     pins: Optional[list[str]] = None, allow: Optional[str] = None, chart: bool = False) -> TaskHandle:
+        """Another target from measurements already made (core.tasks.budget_solve: instant; ``chart``: the
+        size-vs-error chart too, seconds), in the background; the plan is not changed (see use_budget_plan)."""
+        pins = self.model.budget_pins if pins is None else pins
+        return self._call("budget-solve", "core.tasks:budget_solve", self.path, meas, imatrix_path, kind, value,
+                          n_ctx, list(pins), allow, chart, priority=2, report=False)
+
+    def check_budget(self, plan, imatrix_path: Optional[str]) -> TaskHandle:
+        """A budget plan and the nearest llama-quantize preset, both simulated on held-out text
+        (core.tasks.budget_check), in the jobs process."""
+        return self._call("budget-check", "core.tasks:budget_check", self.path, plan, imatrix_path, user=True)
+
+    def use_budget_plan(self, plan, imatrix_path: Optional[str]) -> None:
+        """A solved plan replaces the plan (undoable), after the imatrix it was solved with is loaded."""
+        m = self.model
+        if imatrix_path and imatrix_path != m.imatrix_path:     # the imatrix first, then the plan
+            h = self.load_imatrix(imatrix_path)
             h.succeeded.connect(self._bind(lambda m2, _r: self._replace_plan(plan.rules, plan)))
         else:
             self._replace_plan(plan.rules, plan)
+
+    def set_budget_pins(self, pins: list[str]) -> None:
+        if list(pins) != self.model.budget_pins:
+            self.model.budget_pins = list(pins)
+            self.budgetPinsChanged.emit()
+
+    def pin_budget(self, names: list[str], qtype: str, at_least: bool = False) -> None:
+        """Pin tensors for Fit a Budget: exactly ``qtype``, or (``at_least``) a type of at least its bits per
+        weight; a tensor's earlier pin is replaced."""
+        import re
+        new = {f"^{re.escape(n)}$": f"^{re.escape(n)}$={'>=' if at_least else ''}{qtype}" for n in names}
+        kept = [p for p in self.model.budget_pins if p.partition("=")[0] not in new]
+        self.set_budget_pins(kept + list(new.values()))
 
     # -- quantizing -------------------------------------------------------------------------
     def quantize(self, output: str, threads: Optional[int] = None,

@@ -1,7 +1,8 @@
 """Previews of the open model, part of the session: the predicted error of every planned tensor,
 the candidate types of the selected tensor (sampled, then exact), the dequantized-histogram
-overlay and the size-vs-error points of the presets. All numbers come from core.tasks (core.preview,
-core.kernels, core.stats), run in the session's worker processes."""
+overlay, a type's levels and exact error histogram, and the size-vs-error points of the presets. All
+numbers come from core.tasks (core.preview, core.kernels, core.stats, core.levels), run in the session's
+worker processes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,27 +84,74 @@ class PreviewsMixin:
             return None
         imp = self.importance(name)
         imid = self.imatrix.id if (self.imatrix is not None and imp is not None) else None
+        self._replace("candidates-exact")
+        # the sampled pass at once (a fraction of a second); the exact pass afterwards, one type per item
+        # in slices at the statistics' priority, so both advance in turn instead of the statistics
+        # waiting seconds for every type of the selected tensor
         h = self._call("candidates", "core.tasks:candidates", self.path, name, self.candidate_types, imp, imid,
-                       exact, CANDIDATE_BUDGET, BG_THREADS)
+                       False, CANDIDATE_BUDGET, BG_THREADS)
         h.posted.connect(self._bind(lambda st, ms, n=name: self._candidates(st, n, ms)))
-        h.progress.connect(self._bind(lambda st, ev, n=name: self.candidateProgress.emit(n, ev)))
+        if exact:
+            h.succeeded.connect(self._bind(lambda st, ms, n=name: self._exact_candidates(st, n, ms, imp, imid)))
         return h
+
+    def _exact_candidates(self, state, name: str, ms, importance, imatrix_id) -> None:
+        from core.progress import Progress
+        todo = [m.type for m in ms if not m.exact]
+        if not todo:
+            return
+        n = len(todo)
+
+        def arrived(st, item, n_types=n) -> None:
+            qtype, m = item
+            ms = list(st.candidates.get(name) or [])
+            for i, old in enumerate(ms):
+                if old.type == qtype:
+                    ms[i] = m
+            done = n_types - sum(not x.exact for x in ms)
+            self.candidateProgress.emit(name, Progress(done, n_types, qtype, name))
+            self._candidates(st, name, ms)
+
+        self._loop("candidates-exact", "core.tasks:candidate_exact_item", todo, self.path, name, importance,
+                   imatrix_id, BG_THREADS, on_post=self._bind(arrived))
 
     def _candidates(self, state, name: str, ms) -> None:
         state.candidates[name] = ms
         self.candidatesReady.emit(name, ms)
 
     def request_overlay(self, name: str, qtype: str) -> TaskHandle | None:
-        """Histogram of ``name``'s rows after a round trip through ``qtype`` (a sample of rows)."""
+        """Histogram of ``name``'s rows after a round trip through ``qtype`` (a sample of rows), then the
+        levels of a typical block (core.levels)."""
         src = self.source
         if src is None:
             return None
         info = src.tensor(name)
         if info.ggml_type is None or info.row_len == 0:
             return None
-        h = self._call("overlay", "core.tasks:overlay", self.path, name, qtype, self.importance(name), OVERLAY_ROWS)
+        imp = self.importance(name)
+        h = self._call("overlay", "core.tasks:overlay", self.path, name, qtype, imp, OVERLAY_ROWS)
         h.succeeded.connect(self._bind(lambda state, st, n=name, t=qtype: self.overlayReady.emit(n, t, st)))
+        # after the overlay, between the statistics' slices (a click every few tenths of a second must not
+        # hold them back)
+        lv = self._call("levels", "core.tasks:levels", self.path, name, qtype, imp, OVERLAY_ROWS, priority=-1)
+        lv.succeeded.connect(self._bind(lambda state, r, n=name, t=qtype: self.levelsReady.emit(n, t, r)))
         return h
+
+    def request_errors(self, name: str, qtype: str) -> TaskHandle | None:
+        """The error ``x - q(x)`` of every weight of ``name`` in ``qtype`` (core.levels.ErrorHistogram), at
+        the statistics' priority; replaces the one asked before. Emits errorsReady (with the exception
+        when it fails) and errorsProgress."""
+        src = self.source
+        if src is None or src.tensor(name).ggml_type is None:
+            return None
+        imp = self.importance(name)
+        imid = self.imatrix.id if (self.imatrix is not None and imp is not None) else None
+        er = self._call("errors", "core.tasks:error_histogram", self.path, name, qtype, imp, imid, BG_THREADS,
+                        priority=-1, report=False)
+        er.succeeded.connect(self._bind(lambda state, r, n=name, t=qtype: self.errorsReady.emit(n, t, r)))
+        er.failed.connect(self._bind(lambda state, e, n=name, t=qtype: self.errorsReady.emit(n, t, e)))
+        er.progress.connect(self._bind(lambda state, ev, n=name, t=qtype: self.errorsProgress.emit(n, t, ev)))
+        return er
 
     def start_frontier(self) -> TaskHandle | None:
         """Size vs error of every preset for this model (sampled, low priority)."""

@@ -522,9 +522,15 @@ class TensorTable(QWidget):
         return selected_names(self.view)
 
     def _menu(self, pos) -> None:
+        menu = self.context_menu()
+        if menu is not None:
+            menu.exec(self.view.viewport().mapToGlobal(pos))
+
+    def context_menu(self) -> Optional[QMenu]:
+        """The menu of the selected tensors (None when none can be quantized)."""
         names = [n for n in self.selected() if plan_choices.quantizable(self.s.source, n)] if self.s.source else []
         if not names:
-            return
+            return None
         menu = QMenu(self)
         sub = menu.addMenu(f"Set type of {len(names)} tensor{'s' if len(names) > 1 else ''}")
         row_lens = {self.s.source.tensor(n).row_len for n in names}
@@ -539,7 +545,13 @@ class TensorTable(QWidget):
         sub.setToolTipsVisible(True)
         clear = menu.addAction("Clear manual types")
         clear.triggered.connect(lambda _=False, ns=names: self._clear(ns))
-        menu.exec(self.view.viewport().mapToGlobal(pos))
+        menu.addSeparator()                   # Quantize › Fit a Budget… honours these (its pins list)
+        for label, at_least in (("Pin in budget to type", False), ("Pin in budget to at least type", True)):
+            pin = menu.addMenu(label)
+            for t in fits:
+                pin.addAction(t).triggered.connect(
+                    lambda _=False, t=t, ns=names, a=at_least: self.s.pin_budget(ns, t, a))
+        return menu
 
     def _clear(self, names) -> None:
         self.s.set_types(names, None)

@@ -26,7 +26,8 @@ FRONTIER_PRESETS = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_0", "Q3_K_M"
 VIEWS = [("histogram", ("plan", "preview"), 0, False),
          ("channels", ("model", "preview"), 1, False),
          ("layers", ("plan", "quantize"), 2, False),
-         ("histogram-dark", ("plan", "preview"), 0, True)]
+         ("histogram-dark", ("plan", "preview"), 0, True),
+         ("error", ("plan", "preview"), 3, False)]
 
 
 def _free_display() -> int:
@@ -126,6 +127,8 @@ def capture(out: str, sizes: list[tuple[int, int]]) -> list[str]:
                 win.docks[d].raise_()
             win.plots.setCurrentIndex(tab)
             win.heatmap.redraw(force=True)
+            if name == "error":                   # computed while its tab is open (every row of the tensor)
+                wait_until(lambda: win.errors.result is not None, 120, "the error histogram")
             wait(300)
             fg = win.frameGeometry()
             shot = screen.grabWindow(0, fg.x(), fg.y(), fg.width(), fg.height()) \
@@ -138,6 +141,7 @@ def capture(out: str, sizes: list[tuple[int, int]]) -> list[str]:
             print(f"{path}  window {win.width()}x{win.height()}, plan dock {win.docks['plan'].width()} px, "
                   f"preview dock {win.docks['preview'].height()} px")
         win.set_dark(False)
+    paths += capture_dialogs(win, out, wait, wait_until, screen)
     # the user guide, once
     guide = win.show_guide()
     guide.resize(760, 560)
@@ -149,6 +153,83 @@ def capture(out: str, sizes: list[tuple[int, int]]) -> list[str]:
     win.close()
     QApplication.processEvents()
     shutil.rmtree(settings, ignore_errors=True)
+    return paths
+
+
+def _grab(widget, screen, path: str) -> str:
+    """The widget's window as the X screen shows it (frame included); a render of it offscreen."""
+    fg = widget.frameGeometry()
+    shot = screen.grabWindow(0, fg.x(), fg.y(), fg.width(), fg.height()) \
+        if os.environ.get("QT_QPA_PLATFORM") != "offscreen" else widget.grab()
+    if shot.isNull() or shot.width() < 100:
+        shot = widget.grab()
+    shot.save(path)
+    print(f"{path}  {widget.windowTitle()}: {widget.width()}x{widget.height()}")
+    return path
+
+
+def capture_dialogs(win, out: str, wait, wait_until, screen) -> list[str]:
+    """The dialogs that run the model: Calibrate (done, on the built-in text) and Evaluate (the plan and
+    two presets against the open model, one token's worst KLD shown), each after its work finished."""
+    paths = []
+    cal = win.calibrate_dialog()
+    cal.ctx.setValue(128)
+    cal.chunks.setValue(4)
+    cal.output.setText(os.path.join(tempfile.mkdtemp(prefix="qs-shots-"), "demo.imatrix.gguf"))
+    cal.resize(720, 300)
+    cal.start()
+    wait_until(lambda: cal.run_btn.isEnabled() and cal.progress.value() == 1000, 600, "the calibration")
+    wait(300)
+    paths.append(_grab(cal, screen, os.path.join(out, "calibrate.png")))
+    cal.close()
+    ev = win.evaluate_dialog()
+    ev.ctx.setValue(128)
+    ev.chunks.setValue(4)
+    ev.set_presets({"Q4_K_M", "Q3_K_M", "Q8_0"})
+    ev.resize(1280, 820)
+    ev.start()
+    wait_until(lambda: ev.data is not None, 900, "the evaluation")
+    ev.table.selectRow(2)
+    wait(500)
+    paths.append(_grab(ev, screen, os.path.join(out, "evaluate.png")))
+    ev.close()
+    # Fit a Budget: the fast fit (imatrix-weighted error), then the slider moved once
+    bd = win.budget_dialog()
+    bd.fast.setChecked(True)
+    bd.value.setText(str(int(win.s.planned_bytes() * 0.85)))
+    bd.resize(1180, 760)
+    bd.start()
+    wait_until(lambda: bd.result is not None and bd.chart is not None and not bd.solving(), 900, "the budget fit")
+    bd.slider.setValue(400)
+    wait_until(lambda: not bd.solving(), 120, "the re-solve")
+    wait(500)
+    paths.append(_grab(bd, screen, os.path.join(out, "budget.png")))
+    bd.close()
+    # Batch export of two presets (written, verified), then Compare of the two files against the open model
+    folder = tempfile.mkdtemp(prefix="qs-shots-batch-")
+    bx = win.batch_dialog()
+    bx.folder.setText(folder)
+    bx.check(["Q8_0", "Q4_K_M"])
+    bx.resize(900, 600)
+    bx.start()
+    wait_until(lambda: not bx.running, 900, "the batch export")
+    wait(300)
+    paths.append(_grab(bx, screen, os.path.join(out, "batch.png")))
+    files = [r.path for r in bx.result.items] if bx.result is not None else []
+    bx.close()
+    if len(files) == 2:
+        cd = win.compare_dialog(*files)
+        cd.resize(1400, 820)
+        cd.start()
+        wait_until(lambda: cd.result is not None, 600, "the comparison")
+        rows = cd.differing_rows()
+        if rows:
+            cd.table.selectRow(rows[len(rows) // 2])
+            wait_until(lambda: cd.histograms is not None, 120, "the histograms")
+        wait(500)
+        paths.append(_grab(cd, screen, os.path.join(out, "compare.png")))
+        cd.close()
+    shutil.rmtree(folder, ignore_errors=True)
     return paths
 
 

@@ -279,17 +279,12 @@ def _save_text(path: str, text: str) -> None:
 
 
 def _imatrix_inputs(src, plan, imatrix):
-    if imatrix is None:
-        return None, None
-    names = [e.name for e in plan.entries if e.quantize]
-    match = imatrix.match(src.tensors, names)
-    match.raise_for_errors()
-    # llama-imatrix never records the token embedding (a lookup, not a matrix product): not worth a warning
-    missing = [n for n in match.missing if n not in ("token_embd.weight", "per_layer_token_embd.weight")]
-    if missing:
-        print(f"{PROG}: warning: imatrix has no entry for {len(missing)} quantized tensors "
-              f"(first: {missing[0]})", file=sys.stderr)
-    return imatrix.arrays_for(src.tensors, names), imatrix.metadata(os.path.basename(imatrix.path or ""))
+    from .batch import imatrix_inputs
+
+    importances, extra, warnings = imatrix_inputs(src, plan, imatrix)
+    for w in warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    return importances, extra
 
 
 def _dry_run(src, plan, args, imatrix) -> int:
@@ -332,7 +327,8 @@ def _run(src, plan, args, imatrix=None) -> int:
         bar.close()
     if args.verify:
         from .verify import verify
-        bad = [r for r in (verify(p, src, threads=args.threads) for p in result.paths) if not r.ok]
+        bad = [r for r in (verify(p, src, threads=args.threads, importances=importances) for p in result.paths)
+               if not r.ok]
         for r in bad:
             _print_verify(r, False)
         if bad:
@@ -359,6 +355,51 @@ def _run(src, plan, args, imatrix=None) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .batch import DEFAULT_TEMPLATE, plan_item, preset_item, run_batch
+    from .models import open_model
+    from .progress import CancelToken, sigint_cancels
+
+    items = [preset_item(name.strip()) if kind == "preset" else plan_item(v)
+             for kind, v in args.items or () for name in (v.split(",") if kind == "preset" else [v])]
+    src = open_model(args.input, writable=True)
+    for w in getattr(src, "warnings", ()):
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    imatrix = _load_imatrix(args, src)
+    bar = ProgressBar(enabled=False if args.json else None)
+    cancel = CancelToken()
+
+    def item_over(r) -> None:
+        if args.json or r.state in ("waiting", "quantizing", "verifying"):
+            return
+        bar.close()
+        for w in r.warnings:
+            print(f"{PROG}: warning: {r.label}: {w}", file=sys.stderr)
+        print(f"{PROG}: {r.label}: {r.verdict}", file=sys.stderr)
+
+    try:
+        with sigint_cancels(cancel):
+            res = run_batch(src, items, args.outdir, args.name_template or DEFAULT_TEMPLATE, imatrix=imatrix,
+                            overwrite=args.overwrite, threads=args.threads, progress=bar, cancel=cancel,
+                            on_item=item_over)
+    except KeyboardInterrupt:
+        cancel.cancel()
+        raise Cancelled("cancelled by the user", args.outdir) from None
+    finally:
+        bar.close()
+    if args.json:
+        json.dump(_jsonable(res.to_dict(), True), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0 if res.ok else 2
+    rows = [[r.label, os.path.basename(r.path), human_bytes(r.size) if r.size else "-",
+             f"{r.bpw:.3f}" if r.size else "-", f"{r.seconds:.1f} s" if r.seconds else "-",
+             "sound" if r.ok else r.verdict if r.state == "defects" else f"FAILED: {r.verdict}"] for r in res.items]
+    print(_table(rows, ["item", "file", "size", "bpw", "time", "verify"], right={2, 3, 4}))
+    n_ok = sum(r.ok for r in res.items)
+    print(f"\n{n_ok} of {len(res.items)} files written and verified in {res.folder} ({format_duration(res.seconds)})")
+    return 0 if res.ok else 2
+
+
 def _print_verify(report, as_json: bool) -> int:
     """The verify report on stdout (or stderr next to a quantize summary); 0 when sound, 2 otherwise."""
     if as_json:
@@ -368,6 +409,10 @@ def _print_verify(report, as_json: bool) -> int:
         measured = [t for t in report.tensors if t.rel_rmse is not None]
         vs = f"; error against {os.path.basename(report.source)} as each type gives ({len(measured)} tensors)" \
             if report.source else ""
+        approx = sum("approximate" in t.check for t in report.tensors)
+        loose = sum(t.check == "plausibility" for t in report.tensors)
+        vs += f", {approx} of them approximately (requantized without the file's imatrix)" if approx else ""
+        vs += f", {loose} only for a plausible error (types we cannot write)" if loose else ""
         if report.ok:
             print(f"{report.path}: sound -- {len(report.tensors)} tensors; header, metadata, offsets and sizes "
                   f"agree with gguf-py; every tensor decodes{vs}")
@@ -382,10 +427,14 @@ def cmd_verify(args) -> int:
     from .models import open_model
     from .verify import verify
 
+    if args.imatrix and not args.source:
+        raise QuantStudioError("--imatrix needs --source (the weights are for requantizing it)", args.file)
     source = open_model(args.source) if args.source else None
+    imatrix = _load_imatrix(args, source)
+    importances = None if imatrix is None else imatrix.arrays_for(source.tensors)   # PlanError when mis-sized
     bar = ProgressBar(enabled=False if args.json else None)
     try:
-        report = verify(args.file, source, threads=args.threads, progress=bar)
+        report = verify(args.file, source, threads=args.threads, progress=bar, importances=importances)
     finally:
         bar.close()
     return _print_verify(report, args.json)
@@ -401,6 +450,8 @@ def cmd_diff(args) -> int:
     from .compare import compare
     from .models import open_model
 
+    if args.eval and not args.source:
+        raise QuantStudioError("--eval needs --source: the model both files were made from, to evaluate them against")
     a, b = open_model(args.a), open_model(args.b)
     source = open_model(args.source) if args.source else None
     bar = ProgressBar(enabled=False if args.json else None)
@@ -408,9 +459,18 @@ def cmd_diff(args) -> int:
         c = compare(a, b, source, threads=args.threads or 1, progress=bar)
     finally:
         bar.close()
+    if args.eval:
+        from .compare import EvalComparison
+        from .eval.run import file_candidate
+
+        chunks, _, name = _chunks_for(source, args)
+        results = _evaluate(source, [file_candidate(args.a, a), file_candidate(args.b, b)], chunks, args)
+        c.evaluation = EvalComparison(c.a, c.b, c.source, name, chunks.n_ctx, chunks.n_chunk, results)
     if args.json:
         d = c.to_dict()
         d["metadata"] = _jsonable(d["metadata"])              # a vocabulary: its length and first items
+        if c.evaluation is not None:
+            d["eval"] = eval_json(c.evaluation.results)
         json.dump(_jsonable(d, True), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
@@ -438,6 +498,12 @@ def cmd_diff(args) -> int:
     print(f"B {c.b}: {human_bytes(tot['b_file_size'])}, {tot['b_bpw']:.3f} bits/weight")
     print(f"{tot['different']} of {tot['tensors']} tensors have different types"
           + ("" if args.all else " (listed; --all lists every tensor)"))
+    ev = c.evaluation
+    if ev is not None:
+        print("\n" + eval_table(ev.results, ev.n_chunk, ev.n_ctx, ev.text, first=("", "A", "B")))
+        closer = ev.closer
+        print(f"{closer} is closer to the source (lower mean KLD)" if closer else
+              "the mean KLDs of A and B are within their errors of each other")
     lines = c.metadata_lines(_short)
     print("metadata:" if lines else "metadata: identical")
     for line in lines:
@@ -542,44 +608,66 @@ def _eval_candidates(src, args):
 EVAL_KEYS = ("tokens", "ppl_base", "ppl", "kld_mean", "kld_percentiles", "delta_p_rms", "same_top_p")
 
 
-def cmd_eval(args) -> int:
+def _evaluate(src, cands, chunks, args) -> list:
+    """core.eval.run.evaluate with the terminal's progress bar; Ctrl-C cancels (``eval``, ``diff --eval``)."""
     from .eval.run import evaluate
-    from .models import open_model
     from .progress import CancelToken, sigint_cancels
 
-    src = open_model(args.base)
-    cands = _eval_candidates(src, args)
-    chunks, _, name = _chunks_for(src, args)
     bar = ProgressBar(enabled=False if args.json else None)
     cancel = CancelToken()
     try:
         with sigint_cancels(cancel):
-            results = evaluate(src, cands, chunks, threads=args.threads, progress=bar, cancel=cancel)
+            return evaluate(src, cands, chunks, threads=args.threads, progress=bar, cancel=cancel)
     except (KeyboardInterrupt, Cancelled):
         raise Cancelled("cancelled by the user") from None
     finally:
         bar.close()
-    if args.json:
-        rows = []
-        for r in results:
-            d = {"label": r.label, "size": r.size, "bpw": r.bpw}
-            full = r.kld.to_dict()
-            d.update({k: full[k] for k in EVAL_KEYS})
-            d["kld_percentiles"] = {f"{p:g}": v for p, v in r.kld.kld_percentiles.items()}
-            d.update({k: full[k] for k in ("ppl_err", "ppl_base_err", "kld_err", "delta_p_rms_err", "same_top_p_err",
-                                           "kld_max")})
-            rows.append(d)
-        json.dump(rows[0] if len(rows) == 1 else rows, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        return 0
-    first = results[0].kld
-    print(f"{chunks.n_chunk} chunks of {chunks.n_ctx} tokens ({name}), {first.tokens} tokens scored; "
-          f"base PPL {first.ppl_base:.4f} ± {first.ppl_base_err:.4f}")
+
+
+def eval_json(results) -> list[dict]:
+    """Evaluation results (core.eval.run.EvalResult) as ``eval --json`` writes them, one dict each (also
+    ``diff --eval --json``'s "eval")."""
+    rows = []
+    for r in results:
+        d = {"label": r.label, "size": r.size, "bpw": r.bpw}
+        full = r.kld.to_dict()
+        d.update({k: full[k] for k in EVAL_KEYS})
+        d["kld_percentiles"] = {f"{p:g}": v for p, v in r.kld.kld_percentiles.items()}
+        d.update({k: full[k] for k in ("ppl_err", "ppl_base_err", "kld_err", "delta_p_rms_err", "same_top_p_err",
+                                       "kld_max")})
+        rows.append(d)
+    return rows
+
+
+def eval_table(results, n_chunk: int, n_ctx: int, text: str, first: Optional[tuple] = None) -> str:
+    """Evaluation results as ``eval`` prints them: a line on the text and the base, then a row per result
+    (``first``: a leading column, its header then one cell per result, e.g. ``("", "A", "B")``)."""
+    k0 = results[0].kld
     rows = [[r.label, human_bytes(r.size) if r.size else "", f"{r.bpw:.3f}" if r.bpw else "",
              f"{r.kld.ppl:.4f}", f"{r.kld.kld_mean:.5f} ± {r.kld.kld_err:.5f}", f"{r.kld.kld_percentiles[99.0]:.4f}",
              f"{100 * r.kld.delta_p_rms:.2f} %", f"{100 * r.kld.same_top_p:.2f} %"] for r in results]
-    print(_table(rows, ["candidate", "size", "bpw", "PPL", "KLD mean", "KLD 99%", "RMS Δp", "same top"],
-                 right={1, 2, 3, 4, 5, 6, 7}))
+    head = ["candidate", "size", "bpw", "PPL", "KLD mean", "KLD 99%", "RMS Δp", "same top"]
+    right = {1, 2, 3, 4, 5, 6, 7}
+    if first:
+        rows = [[c] + r for c, r in zip(first[1:], rows)]
+        head, right = [first[0]] + head, {i + 1 for i in right}
+    return (f"{n_chunk} chunks of {n_ctx} tokens ({text}), {k0.tokens} tokens scored; "
+            f"base PPL {k0.ppl_base:.4f} ± {k0.ppl_base_err:.4f}\n" + _table(rows, head, right=right))
+
+
+def cmd_eval(args) -> int:
+    from .models import open_model
+
+    src = open_model(args.base)
+    cands = _eval_candidates(src, args)
+    chunks, _, name = _chunks_for(src, args)
+    results = _evaluate(src, cands, chunks, args)
+    if args.json:
+        rows = eval_json(results)
+        json.dump(rows[0] if len(rows) == 1 else rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    print(eval_table(results, chunks.n_chunk, chunks.n_ctx, name))
     return 0
 
 
@@ -679,22 +767,62 @@ def build_parser() -> argparse.ArgumentParser:
                     "exit 2 when it has a defect")
     add_run_args(pq)
 
+    pb = sub.add_parser("batch", parents=[common], help="several presets or plans of one model in one run, each "
+                        "file verified",
+                        description="Writes one GGUF per --preset / --plan (in the order given) into OUTDIR, named by "
+                        "--name-template, one after another, and checks each against INPUT as `verify FILE --source "
+                        "INPUT` does. An item that fails (e.g. a preset that needs an importance matrix when none is "
+                        "given) is reported and the others go on; a name given twice or an existing file is refused "
+                        "before anything is written. Exit status 0 when every file was written and verified, 2 "
+                        "otherwise. Ctrl-C stops at the next chunk: no partial file is left, finished files stay.")
+    pb.add_argument("input", help="source model")
+    pb.add_argument("outdir", help="output folder (made when missing)")
+    pb.add_argument("--preset", dest="items", action="append", metavar="PRESET[,PRESET...]",
+                    type=lambda v: ("preset", v),
+                    help="a llama-quantize preset (repeatable; or several separated by commas)")
+    pb.add_argument("--plan", dest="items", action="append", metavar="PLAN.json", type=lambda v: ("plan", v),
+                    help="a plan saved as JSON (repeatable); its {preset} is the file's name without .json/.plan.json")
+    pb.add_argument("--name-template", metavar="TEMPLATE", help="output file name from {model} (the input's base "
+                    "name without extension), {preset} (the preset's or plan's name) and {type} (the plan's "
+                    "llama-quantize file type); default: {model}-{preset}.gguf")
+    pb.add_argument("--imatrix", help="importance matrix for every item (llama-imatrix .gguf or legacy .dat)")
+    pb.add_argument("--overwrite", action="store_true", help="replace existing files")
+    pb.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    pb.add_argument("--json", action="store_true", help="print the per-item results as JSON")
+
     pv = sub.add_parser("verify", parents=[common], help="check a GGUF: structure against gguf-py, every tensor decodes, and "
                         "with --source each tensor's error is what its type gives",
                         description="Exit status 0 for a sound file, 2 for a defect (each one named).")
     pv.add_argument("file", help="the GGUF to check")
     pv.add_argument("--source", help="the model it was made from (GGUF, safetensors or Hugging Face folder)")
+    pv.add_argument("--imatrix", help="with --source: the importance matrix the file was made with (llama-imatrix "
+                    ".gguf or legacy .dat); its weights make the requantization exact for every type (without it, "
+                    "the imatrix the file's metadata names is used when it exists, else IQ2_XXS/IQ2_XS/IQ1_S are "
+                    "compared with a requantization with uniform weights, approximately)")
     pv.add_argument("--json", action="store_true", help="machine-readable report")
     pv.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
 
+    def add_text_args(q, chunks_default, run_opts=True):
+        q.add_argument("--text", metavar="FILE", help="UTF-8 text (default: the built-in calibration text: prose, "
+                       "code and several languages)")
+        q.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")
+        q.add_argument("--chunks", type=int, default=chunks_default,
+                       help=f"at most this many chunks (default {chunks_default}; -1: the whole text)")
+        if run_opts:
+            q.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
+            q.add_argument("--json", action="store_true", help="machine-readable output")
+
     pf = sub.add_parser("diff", parents=[common], help="two GGUF quants side by side: per-tensor types, sizes, metadata "
-                        "(and each file's error with --source)")
+                        "(each file's error with --source; PPL/KLD with --eval)")
     pf.add_argument("a", help="first GGUF")
     pf.add_argument("b", help="second GGUF")
     pf.add_argument("--source", help="the model both were made from: adds each file's error per tensor")
     pf.add_argument("--all", action="store_true", help="list every tensor, not only those whose types differ")
     pf.add_argument("--json", action="store_true", help="machine-readable output")
-    pf.add_argument("--threads", type=int, default=None, help="worker threads")
+    pf.add_argument("--threads", type=int, default=None, help="worker threads (with --eval also BLAS threads)")
+    pf.add_argument("--eval", action="store_true", help="with --source: also run both files against it through the "
+                    "forward pass (as `eval SOURCE A B`: PPL, KLD, same top token)")
+    add_text_args(pf, 32, run_opts=False)
 
     pm = sub.add_parser("set-metadata", parents=[common], help="write a copy of a GGUF with metadata changed (tensors copied "
                         "as they are, no requantization)",
@@ -705,15 +833,6 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("output", help="GGUF to write")
     pm.add_argument("changes", nargs="*", metavar="KEY=VALUE")
     pm.add_argument("--remove", action="append", metavar="KEY", help="drop this key (repeatable)")
-
-    def add_text_args(q, chunks_default):
-        q.add_argument("--text", metavar="FILE", help="UTF-8 text (default: the built-in calibration text: prose, "
-                       "code and several languages)")
-        q.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")
-        q.add_argument("--chunks", type=int, default=chunks_default,
-                       help=f"at most this many chunks (default {chunks_default}; -1: the whole text)")
-        q.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
-        q.add_argument("--json", action="store_true", help="machine-readable output")
 
     pc = sub.add_parser("imatrix", parents=[common], help="compute an importance matrix (as llama-imatrix does) by "
                         "running text through the model",
@@ -748,7 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = ("inspect", "quantize", "verify", "diff", "set-metadata", "imatrix", "eval", "demo")
+COMMANDS = ("inspect", "quantize", "batch", "verify", "diff", "set-metadata", "imatrix", "eval", "demo")
 
 
 def wants_gui(argv: Sequence[str]) -> bool:
@@ -769,7 +888,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 0
     handler = {"inspect": cmd_inspect, "quantize": cmd_quantize, "verify": cmd_verify, "diff": cmd_diff,
-               "set-metadata": cmd_set_metadata, "imatrix": cmd_imatrix, "eval": cmd_eval,
+               "batch": cmd_batch, "set-metadata": cmd_set_metadata, "imatrix": cmd_imatrix, "eval": cmd_eval,
                "demo": cmd_demo}[args.command]
     try:
         return handler(args)

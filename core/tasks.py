@@ -1,6 +1,7 @@
 """The studio's background work as plain functions of core, run in worker processes
 (:mod:`core.procpool`): statistics, predicted errors, candidate previews, the dequantized
-histogram, the presets' size-vs-error points, kernel warm-up and the quantization job.
+histogram, a type's levels and exact error histogram (core.levels), the presets' size-vs-error
+points, kernel warm-up and the quantization job.
 
 Each takes a task context first (``progress``, ``post``, ``cancel``, ``check``) and names its
 model by path; a worker process opens a model once and keeps it, with a preview cache, for the
@@ -118,6 +119,20 @@ def candidates(ctx, path: str, name: str, types: Optional[Sequence[str]], import
     return ms
 
 
+def candidate_exact_item(ctx, qtype: str, path: str, name: str, importance, imatrix_id, threads: int = 1) -> None:
+    """The exact error metrics of ``name`` in ``qtype`` (every row), posted as ``(qtype, metrics)``:
+    one item of the studio's exact candidate pass, run in slices so that other background work of the
+    same priority (the statistics) goes on in between instead of waiting for every type."""
+    from .preview import PreviewCache
+    from .preview import exact as exact_metrics
+    src, cache = source(path), preview_cache()
+    key = PreviewCache.key(src, name, qtype, imatrix_id)
+    m = cache.get(key, exact=True) or exact_metrics(src, qtype, importance, name=name, threads=threads,
+                                                    cancel=ctx.cancel)
+    cache.put(key, m)
+    ctx.post((qtype, m))
+
+
 def overlay(ctx, path: str, name: str, qtype: str, importance, rows: int = 256):
     """Statistics of a sample of ``rows`` rows of ``name`` after a round trip through ``qtype``."""
     from .kernels import get_kernel
@@ -132,6 +147,36 @@ def overlay(ctx, path: str, name: str, qtype: str, importance, rows: int = 256):
     w = None if importance is None or np.ndim(importance) != 1 else importance
     y = k.dequantize(k.quantize(x, w), info.row_len)
     return compute_stats(f"{name}:{qtype}", y.shape, y, bins=128)
+
+
+def levels(ctx, path: str, name: str, qtype: str, importance, rows: int = 256):
+    """core.levels.Levels of ``name`` in ``qtype``: the values a typical block (of ``rows`` evenly
+    spaced rows) can represent."""
+    from .levels import tensor_levels
+    return tensor_levels(source(path), qtype, importance, name=name, rows=rows)
+
+
+_ERRORS: dict[tuple, object] = {}
+MAX_ERRORS = 32                  # error histograms a worker keeps
+
+
+def error_histogram(ctx, path: str, name: str, qtype: str, importance, imatrix_id=None, threads: int = 1):
+    """core.levels.ErrorHistogram of ``x - q(x)`` over every row of ``name`` in ``qtype`` (progress
+    counts weights; cancel between chunks); kept per (model, tensor, type, imatrix id of ``importance``)."""
+    from .levels import error_histogram as run
+    from .preview import PreviewCache
+    src = source(path)
+    key = PreviewCache.key(src, name, qtype, imatrix_id if importance is not None else None)
+    with _LOCK:
+        hit = _ERRORS.get(key)
+    if hit is not None:
+        return hit
+    h = run(src, qtype, importance, name=name, threads=threads, progress=ctx.progress, cancel=ctx.cancel)
+    with _LOCK:
+        if len(_ERRORS) >= MAX_ERRORS:
+            _ERRORS.pop(next(iter(_ERRORS)))
+        _ERRORS[key] = h
+    return h
 
 
 def frontier_item(ctx, preset: str, path: str, imatrix, sample_rows: int) -> None:
@@ -205,11 +250,13 @@ def compare_histograms(ctx, name: str, paths: Sequence[str], bins: int = 128, ma
                        for x in xs]}
 
 
-def verify(ctx, paths: Sequence[str], source_path: Optional[str] = None, threads: Optional[int] = None) -> list:
-    """core.verify.verify of each file (the shards of a split output), against ``source_path``."""
+def verify(ctx, paths: Sequence[str], source_path: Optional[str] = None, threads: Optional[int] = None,
+           imatrix=None) -> list:
+    """core.verify.verify of each file (the shards of a split output), against ``source_path``; ``imatrix``
+    (an ImatrixData) is used for the files whose metadata says they were made with it."""
     from .verify import verify as run
     src = source(source_path) if source_path else None
-    return [run(p, src, threads=threads, progress=ctx.progress, cancel=ctx.cancel) for p in paths]
+    return [run(p, src, threads=threads, progress=ctx.progress, cancel=ctx.cancel, imatrix=imatrix) for p in paths]
 
 
 def set_metadata(ctx, path: str, output: str, changes: list, remove: Sequence[str] = ()) -> str:
@@ -286,17 +333,97 @@ def budget(ctx, path: str, kind: str, value: str, n_ctx: int = 4096, imatrix_pat
            fast: bool = False, pins: Sequence[str] = (), allow: Optional[str] = None,
            threads: Optional[int] = None) -> dict:
     """core.budget: a plan with a type per tensor for a target (``kind`` "size" / "bpw" / "memory"), from
-    cached or fresh measurements. Returns ``{"plan", "imatrix_path", "log"}``."""
+    cached or fresh measurements. Returns :func:`budget_solve`'s dict plus ``{"plan", "imatrix_path",
+    "measurements", "log"}`` (the measurements let :func:`budget_solve` try other targets at once)."""
+    from .budget import measure_for
+    from .imatrix import load_imatrix
+    lines: list[str] = []
+    imatrix = load_imatrix(imatrix_path) if imatrix_path else None
+    meas, im = measure_for(source(path), imatrix, fast=fast, threads=threads or 2, progress=ctx.progress,
+                           log=lines.append, cancel=ctx.cancel)
+    out = budget_solve(ctx, path, meas, im.path, kind, value, n_ctx, pins, allow, log=lines.append)
+    return out | {"plan": out["result"].plan, "imatrix_path": im.path, "measurements": meas, "log": lines}
+
+
+def compare_eval(ctx, source_path: str, a: str, b: str, text_path: Optional[str] = None, n_ctx: int = 512,
+                 n_chunks: int = 32, threads: Optional[int] = None):
+    """The Compare view's Evaluate: both GGUF files against the model at ``source_path`` in one lockstep
+    forward pass (core.eval.run.evaluate) over a text (the built-in one when None): a core.compare
+    EvalComparison."""
+    from .compare import EvalComparison
+    from .eval.run import evaluate as run, file_candidate, prepare_chunks, read_text
+    base = source(source_path)
+    text, name = read_text(text_path)
+    chunks = prepare_chunks(base, text, n_ctx, n_chunks)
+    results = run(base, [file_candidate(p, source(p)) for p in (a, b)], chunks, threads=threads,
+                  progress=ctx.progress, cancel=ctx.cancel)
+    return EvalComparison(a, b, source_path, name, chunks.n_ctx, chunks.n_chunk, results)
+
+
+_IMATRICES: dict = {}
+
+
+def _imatrix(path: str):
+    """This process's copy of the imatrix at ``path`` (read again when the file changed)."""
+    key = (path, _stamp(path))
+    if key not in _IMATRICES:
+        from .imatrix import load_imatrix
+        _IMATRICES.clear()
+        _IMATRICES[key] = load_imatrix(path)
+    return _IMATRICES[key]
+
+
+def budget_solve(ctx, path: str, meas, imatrix_path: str, kind: str, value: str, n_ctx: int = 4096,
+                 pins: Sequence[str] = (), allow: Optional[str] = None, chart: bool = False, log=None) -> dict:
+    """core.budget.solve from measurements already made (a tenth of a second), the size counted with the
+    imatrix's metadata as the studio writes it::
+
+        {"result": BudgetResult, "predicted": its error by the model the chart uses (core.budget.predicted_error),
+         "grid": core.budget.bpw_grid of its plan, "memory_overhead": KV cache + compute bytes at n_ctx,
+         "chart": core.budget.frontier (with ``chart``: seconds) or None, "error": None}
+
+    With ``chart`` a target the solver cannot meet is no failure: ``result`` is None and ``error`` says why."""
     from types import SimpleNamespace
 
-    from .budget import plan_from_args
-    from .imatrix import load_imatrix
-    src = source(path)
+    from .budget import bpw_grid, frontier, memory_overhead, pins_and_allow, predicted_error, solve_from_args
+    from .errors import PlanError
+    src, im = source(path), _imatrix(imatrix_path)
     args = SimpleNamespace(target_size=value if kind == "size" else None,
                            target_bpw=value if kind == "bpw" else None,
                            target_memory=value if kind == "memory" else None, context=n_ctx, pin=list(pins),
-                           allow_types=allow, fast=fast, calibration_text=None, threads=threads)
-    lines: list[str] = []
-    imatrix = load_imatrix(imatrix_path) if imatrix_path else None
-    plan, im, _ = plan_from_args(src, args, imatrix, progress=ctx.progress, log=lines.append)
-    return {"plan": plan, "imatrix_path": im.path, "log": lines}
+                           allow_types=allow)
+    pins_, allow_ = pins_and_allow(args)
+    extra = im.metadata()
+    out = {"result": None, "predicted": None, "grid": None, "chart": None, "error": None,
+           "memory_overhead": sum(memory_overhead(src.metadata, n_ctx).values())}
+    try:
+        res = solve_from_args(src, meas, im, args, extra_kv=extra, log=log)
+        err = predicted_error(meas, res.plan)
+        out.update(result=res, grid=bpw_grid(res.plan), predicted=res.predicted_kld if err is None else err)
+    except PlanError as e:
+        if not chart:
+            raise
+        out["error"] = e
+    if chart:
+        out["chart"] = frontier(src, meas, pins=pins_, allow=allow_, has_imatrix=True, imatrix_path=im.path,
+                                extra_kv=extra, cancel=ctx.cancel)
+    return out
+
+
+def budget_check(ctx, path: str, plan, imatrix_path: Optional[str] = None, threads: Optional[int] = None) -> dict:
+    """core.budget.check_against_preset: the plan and the llama-quantize preset nearest its size, both
+    simulated on held-out chunks of the built-in text."""
+    from .budget import check_against_preset
+    from .eval.run import read_text
+    return check_against_preset(source(path), plan, _imatrix(imatrix_path) if imatrix_path else None,
+                                text=read_text(None)[0], threads=threads or 2, progress=ctx.progress)
+
+
+def batch(ctx, path: str, items: Sequence, folder: str, template: str, imatrix_path: Optional[str] = None,
+          overwrite: bool = False, threads: Optional[int] = None):
+    """core.batch.run_batch: several presets or plans (``items``) of the model at ``path`` written into
+    ``folder`` and verified, one after another; posts each item's ItemResult as its state changes and
+    returns the BatchResult."""
+    from .batch import run_batch
+    return run_batch(source(path), items, folder, template, imatrix=_imatrix(imatrix_path) if imatrix_path else None,
+                     overwrite=overwrite, threads=threads, progress=ctx.progress, cancel=ctx.cancel, on_item=ctx.post)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from PySide6.QtCore import Qt
 
 from core.models import open_model
 
@@ -48,6 +49,61 @@ def test_compare_view(qtbot, window, synthetic_path, two_quants, out_dir):
     assert sum(not d.table.isRowHidden(r) for r in range(d.table.rowCount())) == len(want)
     d.only_diff.setChecked(False)
     assert d.grab().save(os.path.join(out_dir, "compare.png"))
+    d.close()
+
+
+@pytest.fixture(scope="module")
+def demo_quants(tmp_path_factory, demo_path):
+    """Q8_0 and Q4_0 of the demo model (a model with a vocabulary: the forward pass runs on it)."""
+    d = tmp_path_factory.mktemp("demo-two")
+    out = []
+    for t in ("Q8_0", "Q4_0"):
+        p = str(d / f"demo.{t}.gguf")
+        r = subprocess.run([sys.executable, "-m", "core.cli", "quantize", demo_path, p, "--type", t],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        out.append(p)
+    return out
+
+
+def test_compare_view_evaluates_both_files(qtbot, window, demo_path, demo_quants, out_dir):
+    """Evaluate: a cancel leaves the view usable; then both files' PPL/KLD against the open model beside the
+    totals, the Q8_0 file closer to it than the Q4_0; a Compare afterwards carries the figures."""
+    win = window
+    open_in_studio(qtbot, win, demo_path)
+    d = win.compare_dialog(*demo_quants)
+    assert d.eval_btn.isEnabled() and not d.eval_cancel.isEnabled()
+    d.with_source.setChecked(False)                     # no source: nothing to evaluate against
+    assert not d.eval_btn.isEnabled()
+    d.with_source.setChecked(True)
+    d.eval_ctx.setValue(256)
+    d.eval_chunks.setValue(8)
+    qtbot.mouseClick(d.eval_btn, Qt.MouseButton.LeftButton)
+    assert not d.eval_btn.isEnabled() and d.eval_cancel.isEnabled()
+    qtbot.waitUntil(lambda: d.eval_progress.value() > 0, timeout=300000)
+    qtbot.mouseClick(d.eval_cancel, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: d.eval_btn.isEnabled(), timeout=120000)
+    assert "cancelled" in d.eval_figures.text() and d.evaluation is None and not d.eval_cancel.isEnabled()
+
+    d.eval_ctx.setValue(64)
+    d.eval_chunks.setValue(2)
+    qtbot.mouseClick(d.eval_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: d.evaluation is not None, timeout=600000)
+    ev = d.evaluation
+    assert (ev.a, ev.b, ev.n_ctx, ev.n_chunk) == (demo_quants[0], demo_quants[1], 64, 2)
+    assert [r.label for r in ev.results] == ["demo.Q8_0.gguf", "demo.Q4_0.gguf"]
+    ka, kb = ev.result("A").kld, ev.result("B").kld
+    assert 0 < ka.kld_mean < kb.kld_mean and ka.same_top_p > kb.same_top_p and ev.closer == "A"
+    assert ka.ppl_base == kb.ppl_base == ev.base[0]                 # one pass: one base
+    text = d.eval_figures.text()
+    for k in (ka, kb):
+        assert f"{k.ppl:.4f}" in text and f"{k.kld_mean:.5f} ± {k.kld_err:.5f}" in text
+    assert f"{ev.base[0]:.4f}" in text and "<b>A</b> is closer" in text
+
+    d.start()                                                          # the view still compares
+    qtbot.waitUntil(lambda: d.result is not None, timeout=120000)
+    assert d.result.evaluation is ev and d.eval_figures.text() == text
+    assert d.grab().save(os.path.join(out_dir, "compare-eval.png"))
     d.close()
 
 

@@ -233,3 +233,31 @@ def test_reset_layout_leaves_no_second_dock_tab_bar(qtbot, window):
     qtbot.wait(50)
     plan_bars = [t for t in win.findChildren(QTabBar) if t.isVisible() and t.count() and t.tabText(0) == "Plan"]
     assert len(plan_bars) == 1, [t.geometry() for t in plan_bars]
+
+
+def test_statistics_go_on_while_the_selected_tensors_exact_candidates_are_computed(qtbot, window, demo_path):
+    """The exact candidate pass of the selected tensor (seconds: every type over every row) used to hold
+    the single analysis process, so the statistics stood still for 7-13 s after the first tensor. Now the
+    pass runs one type per slice at the statistics' priority: both advance in turn."""
+    from .conftest import open_model
+    win = window
+    name = "blk.0.ffn_down.weight"
+    marks = []                                     # statistics progress each time an exact type arrives
+
+    def arrived(n, ms):
+        if n == name and any(m.exact for m in ms):
+            marks.append((sum(m.exact for m in ms), len(ms), win.s.stats_progress()[0]))
+
+    win.s.candidatesReady.connect(arrived)
+    open_model(qtbot, win, demo_path)
+    win.table.select(name)
+    qtbot.waitUntil(lambda: bool(marks) and marks[-1][0] == marks[-1][1], timeout=300000)
+    win.s.candidatesReady.disconnect(arrived)
+    first, last = marks[0], marks[-1]
+    total = win.s.stats_progress()[1]
+    assert first[1] >= 5, "the demo's tensor has several candidate types"
+    if first[2] < total:            # statistics still running when the exact pass began (always on 2 cores)
+        assert last[2] > first[2], f"statistics stood still during the exact pass: {marks}"
+        # and they advanced between most pairs of exact results, not in one burst at the end
+        steps = sum(b[2] > a[2] for a, b in zip(marks, marks[1:]))
+        assert steps >= min(3, len(marks) - 1), marks
