@@ -5,7 +5,8 @@ the candidate pass), on the same model, text, context, chunks and threads, measu
 Usage: python bench/bench_eval.py [--model BASE.gguf] [--big] [--ctx 512] [--chunks 4] [--threads 2]
   default model: the demo dequantized to F32; --big: a synthetic llama of about 1.3 GB (F32, 4 layers of 2048
   wide, the demo's 49k-token vocabulary) — peak RSS then shows that memory follows one layer, not the model.
-Prints wall seconds, peak RSS (MiB) and the ratios ours / llama.cpp (below 1.0: we are faster / smaller).
+Prints wall seconds, peak RSS (MiB), CPU seconds (user + system of all threads: steadier than wall seconds
+on a loaded machine) and the ratios ours / llama.cpp (below 1.0: we are faster / smaller).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of a command, failing loudly."""
+def timed(cmd: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds (user + system, all threads)) of a command, failing loudly."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(p.pid, 0)
@@ -30,7 +31,7 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     out, err = p.stdout.read(), p.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{(out + err).decode(errors='replace')[-3000:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    return wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -76,10 +77,12 @@ def main() -> None:
     t1 = timed([llama_tool("llama-perplexity"), "-m", base, "--kl-divergence-base", kld] + lcommon)
     t2 = timed([llama_tool("llama-perplexity"), "-m", cand, "--kl-divergence-base", kld, "--kl-divergence"]
                + lcommon)
-    rows.append(("eval (base + 1 file)", ours, (t1[0] + t2[0], max(t1[1], t2[1]))))
-    print(f"{'task':22} {'ours s':>8} {'llama s':>8} {'time ratio':>10} {'ours MiB':>9} {'llama MiB':>9} {'RSS ratio':>9}")
-    for name, (ws, ms), (wl, ml) in rows:
-        print(f"{name:22} {ws:8.1f} {wl:8.1f} {ws / wl:10.2f} {ms:9.0f} {ml:9.0f} {ms / ml:9.2f}")
+    rows.append(("eval (base + 1 file)", ours, (t1[0] + t2[0], max(t1[1], t2[1]), t1[2] + t2[2])))
+    print(f"{'task':22} {'ours s':>8} {'llama s':>8} {'time ratio':>10} {'ours MiB':>9} {'llama MiB':>9} "
+          f"{'RSS ratio':>9} {'ours cpu':>9} {'llama cpu':>9} {'cpu ratio':>9}")
+    for name, (ws, ms, cs), (wl, ml, cl) in rows:
+        print(f"{name:22} {ws:8.1f} {wl:8.1f} {ws / wl:10.2f} {ms:9.0f} {ml:9.0f} {ms / ml:9.2f} "
+              f"{cs:9.1f} {cl:9.1f} {cs / cl:9.2f}")
     print(f"(llama.cpp's kl-divergence base file: {os.path.getsize(kld) / 2**20:.1f} MiB on disk; ours keeps "
           "one chunk's logits in memory)")
 

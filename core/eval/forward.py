@@ -2,8 +2,9 @@
 
 A batch of token sequences goes through ``token_embd``, then layer 0 for every sequence, then layer 1
 (its weights read only now, one matrix at a time, and dropped after use), ... then the output head
-one sequence at a time. Peak memory is about the largest weight matrix in float32 plus the
-activations of the tokens in flight; the logits come back per sequence, never all at once.
+one sequence at a time (a group of sequences when the output matrix is too big to hold whole and is
+streamed). Peak memory is about the largest weight matrix in float32 plus the activations of the
+tokens in flight; the logits come back per sequence, never all at once.
 
 The graphs are llama.cpp's (``src/models/{llama,qwen2,qwen3,gemma2,gemma3,phi3}.cpp``); what differs
 between architectures is the table in :mod:`core.eval.arch`. Matmuls are numpy float32 GEMMs over
@@ -19,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
@@ -36,6 +40,7 @@ WeightOverride = Union[Mapping[str, np.ndarray], Callable[[str, np.ndarray], np.
 Tokens = Union[np.ndarray, Sequence[Sequence[int]]]
 
 _MIN_OUTPUT_BUDGET = 256 << 20      # an output matrix up to this size (f32) is held whole during the head
+_ROW_GAP = 32                       # needed rows (embeddings) closer than this are read in one block
 _ATTN_BLOCK_FLOATS = 1 << 24        # attention scores computed in query blocks of at most 64 MiB
 _ATTN_QUERY_BLOCK = 256             # and at most this many queries: a block's keys stop at its last
                                     # query, so smaller blocks skip more of the masked half
@@ -121,8 +126,8 @@ class Forward:
     def _row_blocks(self, name: str, budget: int,
                     needed: Optional[np.ndarray] = None) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 rows) of a 2-D tensor in blocks of about ``budget`` bytes (whole when
-        the override is a callable, which sees whole tensors); with ``needed`` (sorted row indices),
-        blocks holding none of them are skipped."""
+        the override is a callable, which sees whole tensors); with ``needed`` (sorted unique row indices)
+        only blocks around those rows are read: runs of needed rows closer than ``_ROW_GAP`` share a block."""
         w = self.weights
         overridden = name in w if isinstance(w, Mapping) else callable(w)
         if overridden or name not in self.source:
@@ -130,11 +135,18 @@ class Forward:
             return
         t = self.source.tensor(name)
         step = max(1, budget // (4 * t.row_len))
-        for a in range(0, t.n_rows, step):
-            stop = min(t.n_rows, a + step)
-            if needed is not None and np.searchsorted(needed, a) == np.searchsorted(needed, stop):
-                continue
-            yield a, self.source.read_rows(name, a, stop)
+        if needed is None:
+            runs = [(0, t.n_rows)]
+        else:
+            cut = np.nonzero(np.diff(needed) > _ROW_GAP)[0] + 1
+            runs = [(int(needed[a]), int(needed[z - 1]) + 1)
+                    for a, z in zip(np.concatenate([[0], cut]), np.concatenate([cut, [needed.size]]))]
+        for r0, r1 in runs:
+            for a in range(r0, r1, step):
+                stop = min(r1, a + step)
+                if needed is not None and np.searchsorted(needed, a) == np.searchsorted(needed, stop):
+                    continue
+                yield a, self.source.read_rows(name, a, stop)
         self.source.release(name)
 
     def _linear(self, name: str, x: np.ndarray) -> np.ndarray:
@@ -222,7 +234,8 @@ class Forward:
         if spec.q_prescale:                               # gemma, phi3 scale Q before attention
             q *= np.float32(kq_scale)
             kq_scale = 1.0
-        att = _attention(q, k, v, b, kq_scale, hp.attn_softcap, hp.n_swa if hp.is_swa(il) else 0)
+        att = _attention(q, k, v, b, kq_scale, hp.attn_softcap, hp.n_swa if hp.is_swa(il) else 0,
+                         self.threads or os.cpu_count() or 1)
         del q, k, v
         o = self._linear(p + "attn_output", att)
         del att
@@ -248,32 +261,55 @@ class Forward:
             f = self._norm(f, p + "post_ffw_norm.weight")
         b.x += f
 
-    def head(self, b: Batch, cancel: Optional[CancelToken] = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Final norm and output matmul; yields (sequence index, logits (n_ctx, n_vocab))."""
+    def head(self, b: Batch, cancel: Optional[CancelToken] = None,
+             positions: Optional[slice] = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Final norm and output matmul; yields (sequence index, logits (n_ctx, n_vocab)) in order.
+        ``positions`` (a slice of each sequence's positions, e.g. the scored ones): logits of those rows
+        only, as llama.cpp computes only the outputs it is asked for (a row's logits do not depend on
+        the others')."""
         hp = self.hp
-        h = self._norm(b.x, "output_norm.weight")
+        x, seqs = b.x, [b.seq(i) for i in range(len(b.lengths))]
+        if positions is not None:
+            idx = [np.arange(sl.start, sl.stop)[positions] for sl in seqs]
+            x = b.x[np.concatenate(idx)]
+            ends = np.cumsum([len(r) for r in idx])
+            seqs = [slice(int(e) - len(r), int(e)) for e, r in zip(ends, idx)]
+        h = self._norm(x, "output_norm.weight")
         if self.on_linear_input is not None:
             self.on_linear_input(self.output_name, h)
         bias = self.tensor("output.bias")
         t = self.source.tensor(self.output_name) if self.output_name in self.source else None
         nbytes = 4 * (t.n_elements if t is not None else hp.n_vocab * hp.n_embd)
         budget = max(_MIN_OUTPUT_BUDGET, self._largest_layer_matrix())
-        whole = self.required(self.output_name) if nbytes <= budget else None
-        for i in range(len(b.lengths)):
-            if cancel is not None:
-                cancel.check()
-            hs = h[b.seq(i)]
-            if whole is not None:
-                logits = hs @ whole.T
-            else:
-                logits = np.empty((hs.shape[0], hp.n_vocab), np.float32)
-                for a, rows in self._row_blocks(self.output_name, budget):
-                    logits[:, a:a + rows.shape[0]] = hs @ rows.T
-            if bias is not None:
-                logits += bias
-            if hp.final_softcap:
-                K.softcap_(logits, hp.final_softcap)
-            yield i, logits
+        if nbytes <= budget:
+            whole = self.required(self.output_name)
+            for i, sl in enumerate(seqs):
+                if cancel is not None:
+                    cancel.check()
+                yield i, self._finish_logits(h[sl] @ whole.T, bias)
+            return
+        # streamed in row blocks of half the budget, for as many sequences at once as half the budget of
+        # logits holds: the matrix is read once per such group of sequences, not once per sequence
+        per_seq = 4 * hp.n_vocab * max(1, max(sl.stop - sl.start for sl in seqs))
+        step = max(1, (budget // 2) // per_seq)
+        for g0 in range(0, len(seqs), step):
+            group = seqs[g0:g0 + step]
+            hs = h[group[0].start:group[-1].stop]
+            logits = np.empty((hs.shape[0], hp.n_vocab), np.float32)
+            for a, rows in self._row_blocks(self.output_name, budget // 2):
+                if cancel is not None:
+                    cancel.check()
+                logits[:, a:a + rows.shape[0]] = hs @ rows.T
+            o = group[0].start
+            for i, sl in enumerate(group):
+                yield g0 + i, self._finish_logits(logits[sl.start - o:sl.stop - o], bias)
+
+    def _finish_logits(self, logits: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
+        if bias is not None:
+            logits += bias
+        if self.hp.final_softcap:
+            K.softcap_(logits, self.hp.final_softcap)
+        return logits
 
     def _largest_layer_matrix(self) -> int:
         return max((4 * t.n_elements for t in self.source.tensors
@@ -322,31 +358,42 @@ def _as_sequences(tokens: Tokens) -> list[np.ndarray]:
 
 
 def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, b: Batch, scale: float,
-               softcap: float, n_swa: int) -> np.ndarray:
+               softcap: float, n_swa: int, threads: int = 1) -> np.ndarray:
     """Causal (sliding-window when n_swa > 0) softmax attention per sequence and KV head; the g query
     heads sharing a KV head (GQA: head h uses KV head h // g) are stacked into one GEMM. Queries go in
-    blocks so that the scores stay near 64 MiB; keys stop at the block's last position."""
+    blocks so that the scores stay near 64 MiB; keys stop at the block's last position.
+    With ``threads`` > 1 the (sequence, KV head) pairs are shared by that many Python threads, each
+    with single-threaded BLAS (these GEMMs are too small for BLAS's own threads to pay off: under
+    load they cost ten times the work); results do not depend on ``threads``."""
     n, n_head, _ = q.shape
     n_kv, dv = v.shape[1], v.shape[2]
     g = n_head // n_kv
     out = np.empty((n, n_head, dv), np.float32)
-    for s in range(len(b.lengths)):
-        sl = b.seq(s)
+
+    def unit(s: int, j: int) -> None:
+        a = int(b.starts[s])
         L = int(b.lengths[s])
-        qs, ks, vs = q[sl], k[sl], v[sl]
         qb = max(16, min(L, _ATTN_QUERY_BLOCK, _ATTN_BLOCK_FLOATS // max(1, g * L)))
-        for j in range(n_kv):
-            kh = np.ascontiguousarray(ks[:, j, :])
-            vh = np.ascontiguousarray(vs[:, j, :])
-            qh = qs[:, j * g:(j + 1) * g, :]
-            for q0 in range(0, L, qb):
-                q1 = min(L, q0 + qb)
-                k0 = max(0, q0 - n_swa + 1) if n_swa > 0 else 0
-                blk = np.ascontiguousarray(qh[q0:q1].transpose(1, 0, 2)).reshape(g * (q1 - q0), -1)
-                sc = blk @ kh[k0:q1].T
-                K.softmax_rows_(sc, q1 - q0, q0, k0, np.float32(scale), np.float32(softcap), n_swa)
-                o = (sc @ vh[k0:q1]).reshape(g, q1 - q0, dv)
-                out[sl][q0:q1, j * g:(j + 1) * g, :] = o.transpose(1, 0, 2)
+        kh = np.ascontiguousarray(k[a:a + L, j, :])
+        vh = np.ascontiguousarray(v[a:a + L, j, :])
+        qh = q[a:a + L, j * g:(j + 1) * g, :]
+        for q0 in range(0, L, qb):
+            q1 = min(L, q0 + qb)
+            k0 = max(0, q0 - n_swa + 1) if n_swa > 0 else 0
+            blk = np.ascontiguousarray(qh[q0:q1].transpose(1, 0, 2)).reshape(g * (q1 - q0), -1)
+            sc = blk @ kh[k0:q1].T
+            K.softmax_rows_(sc, q1 - q0, q0, k0, np.float32(scale), np.float32(softcap), n_swa)
+            o = (sc @ vh[k0:q1]).reshape(g, q1 - q0, dv)
+            out[a + q0:a + q1, j * g:(j + 1) * g, :] = o.transpose(1, 0, 2)
+
+    units = [(s, j) for s in range(len(b.lengths)) for j in range(n_kv)]
+    if threads > 1 and len(units) > 1:
+        with blas_threads(1), ThreadPoolExecutor(min(threads, len(units))) as ex:
+            for f in [ex.submit(unit, s, j) for s, j in units]:
+                f.result()
+    else:
+        for s, j in units:
+            unit(s, j)
     return out.reshape(n, n_head * dv)
 
 
@@ -357,6 +404,7 @@ _GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads
             "openblas_get_num_threads64_", "openblas_get_num_threads", "MKL_Get_Max_Threads")
 
 
+@functools.lru_cache(maxsize=None)
 def _blas_lib():
     """(setter, getter) of the BLAS numpy loaded, found in /proc/self/maps; (None, None) elsewhere."""
     try:

@@ -11,7 +11,9 @@ PPL/KLD of candidates against a base.
   and every candidate advance layer by layer in lockstep over a group of chunks, so the weights of each
   stream once per group, and each chunk's base logits are reduced against every candidate as soon as they
   exist: memory is one layer's weights per model + the activations of the group + O(vocab × n_ctx) logits,
-  never a logits file.
+  never a logits file. With several threads the models run side by side, each on its share of the threads
+  (so each model's matmuls run on one BLAS thread when there are no more threads than models), and only
+  the logits of the rows llama-perplexity scores are computed; the figures do not depend on the threads.
 
 Chunks are processed in groups of about ``tokens_per_pass`` tokens (several chunks share one weight pass;
 results do not depend on the grouping beyond float32 summation order).
@@ -19,6 +21,7 @@ results do not depend on the grouping beyond float32 summation order).
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -199,6 +202,33 @@ class EvalResult:
         return d
 
 
+class _Lanes:
+    """``map(fn, items)`` → ``[fn(x) for x in items]``, run by ``n`` threads when n > 1 (the models of an
+    evaluation side by side: the matmuls release the GIL and the Numba kernels are nogil); the first
+    exception is raised in the caller."""
+
+    def __init__(self, n: int):
+        self.pool = ThreadPoolExecutor(n) if n > 1 else None
+
+    def __enter__(self) -> "_Lanes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, fn: Callable, items) -> list:
+        if self.pool is None:
+            return [fn(x) for x in items]
+        futures = [self.pool.submit(fn, x) for x in items]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:                      # none left running when the first one failed
+                f.cancel()
+            wait(futures)
+
+
 def _check_compatible(base: Forward, other: Forward, label: str) -> None:
     if base.hp.n_vocab != other.hp.n_vocab:
         raise QuantStudioError(f"{label}: its vocabulary has {other.hp.n_vocab} tokens, the base's "
@@ -226,37 +256,56 @@ def evaluate(base: ModelSource, candidates: Sequence[Candidate], chunks: Chunks,
     per_token: list[list[np.ndarray]] = [[] for _ in candidates]
     tops: list[np.ndarray] = []
     groups = _groups(chunks, tokens_per_pass)
-    n_models = 1 + len(candidates)
+    models = (fb, *fcs)
+    n_models = len(models)
     tracker = ProgressTracker(progress, total=len(groups) * (fb.hp.n_layer + 2) * n_models, stage="evaluating")
     cancel = cancel or CancelToken()
+    scored = slice(n_ctx // 2, n_ctx - 1)             # the rows llama-perplexity scores
+    n_threads = threads or os.cpu_count() or 1
+    workers = min(n_threads, n_models)
+    if workers > 1:                                   # the models run side by side, each on its share
+        for f in models:
+            f.threads = max(1, n_threads // workers)
     done_chunks = 0
-    with blas_threads(threads):
+    with blas_threads(threads if workers == 1 else max(1, n_threads // workers)), \
+            _Lanes(workers) as lanes:
         for toks in groups:
             label = f"chunks {done_chunks + 1}-{done_chunks + len(toks)} of {chunks.n_chunk}"
             cancel.check()
-            batches = []
-            for f in (fb, *fcs):
-                batches.append(f.embed(toks))
-                tracker.advance(1, item=label)
+            batches = lanes.map(lambda f: f.embed(toks), models)
+            tracker.advance(n_models, item=label)
             for il in range(fb.hp.n_layer):
-                for f, b in zip((fb, *fcs), batches):
+                def layer(k: int, il: int = il) -> None:
                     cancel.check()
-                    f.run_layer(il, b)
-                    tracker.advance(1, item=f"{label}: blk.{il}")
-            heads = [f.head(b, cancel) for f, b in zip(fcs, batches[1:])]
-            for i, base_logits in fb.head(batches[0], cancel):
-                bc = prepare_base(base_logits, n_ctx)
-                del base_logits
+                    models[k].run_layer(il, batches[k])
+                lanes.map(layer, range(n_models))
+                tracker.advance(n_models, item=f"{label}: blk.{il}")
+            heads = [f.head(b, cancel, positions=scored) for f, b in zip(models, batches)]
+
+            for i in range(len(toks)):
+                # chunk i: the base's logits → its uint16 table (base_out); each candidate's logits, reduced
+                # against that table as soon as it exists; at most `workers` models' logits at a time
+                base_out: Future = Future()
+
+                def chunk(k: int, i: int = i, base_out: Future = base_out):
+                    if k == 0:
+                        try:
+                            bc = prepare_base(next(heads[0])[1], n_ctx)
+                        except BaseException as e:
+                            base_out.set_exception(e)
+                            raise
+                        base_out.set_result(bc)
+                        return bc
+                    lg = next(heads[k])[1]
+                    return reducers[k - 1].add(base_out.result(), lg, toks[i])
+
+                bc, *kls = lanes.map(chunk, range(n_models))
                 if keep_per_token:
                     tops.append(bc.q.argmax(axis=1).astype(np.int32))
-                for k, h in enumerate(heads):
-                    _, cand_logits = next(h)
-                    kl = reducers[k].add(bc, cand_logits, toks[i])
-                    if keep_per_token:
+                    for k, kl in enumerate(kls):
                         per_token[k].append(kl)
-                del bc
-            for _ in range(n_models):
-                tracker.advance(1, item=f"{label}: output")
+            batches = heads = None              # this group's activations go before the next's come
+            tracker.advance(n_models, item=f"{label}: output")
             done_chunks += len(toks)
     out = []
     for k, c in enumerate(candidates):

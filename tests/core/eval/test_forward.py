@@ -228,7 +228,7 @@ def test_bad_tokens(checkpoints):
 
 def test_streamed_embedding_and_output_blocks(checkpoints, monkeypatch):
     """With a tiny budget, token_embd is read in row blocks (blocks without any of the tokens skipped)
-    and the output matrix in vocabulary blocks per sequence: same logits as holding them whole."""
+    and the output matrix in vocabulary blocks (half the budget) per sequence: same logits as holding them whole."""
     import core.eval.forward as fwd
 
     src = open_model(checkpoints["LlamaForCausalLM"][1])
@@ -244,4 +244,28 @@ def test_streamed_embedding_and_output_blocks(checkpoints, monkeypatch):
     embd = [r for r in reads if r[0] == "token_embd.weight"]
     outs = [r for r in reads if r[0] == "output.weight"]
     assert len(embd) == len(np.unique(np.concatenate(toks)))        # 1-row blocks: only the tokens'
-    assert len(outs) == 2 * 4                                        # 4 vocabulary blocks per sequence
+    assert len(outs) == 2 * 7                                        # 7 vocabulary blocks per sequence
+
+
+def test_head_positions_and_grouped_output_blocks(checkpoints, monkeypatch):
+    """``head(positions=...)`` gives those rows of the full logits (the evaluation asks for the scored rows
+    only, as llama-perplexity does); a streamed output matrix is read once for as many sequences as fit."""
+    import core.eval.forward as fwd
+
+    src = open_model(checkpoints["LlamaForCausalLM"][1])
+    toks = [_tokens(Forward(src).hp.n_vocab, 20, seed=5), np.array([3, 4, 5], np.int32)]
+    full = Forward(src).logits(toks)
+    monkeypatch.setattr(fwd, "_MIN_OUTPUT_BUDGET", 80000)          # the output matrix (102400 bytes) streams
+    reads = []
+    orig = src.read_rows
+    monkeypatch.setattr(src, "read_rows", lambda n, a, b: (reads.append((n, a, b)), orig(n, a, b))[1])
+    fw = Forward(src)
+    b = fw.embed(toks)
+    for il in range(fw.hp.n_layer):
+        fw.run_layer(il, b)
+    got = list(fw.head(b, positions=slice(1, 6)))
+    assert [i for i, _ in got] == [0, 1] and [lg.shape[0] for _, lg in got] == [5, 2]
+    for (_, lg), f in zip(got, full):
+        np.testing.assert_allclose(lg, f[1:6], rtol=0, atol=1e-5 * np.abs(f).max())
+    outs = [r for r in reads if r[0] == "output.weight"]
+    assert len(outs) == 3                    # one pass for both sequences: 3 blocks of 156 rows (40000 bytes)

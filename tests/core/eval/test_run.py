@@ -40,6 +40,24 @@ def test_simulated_plan_equals_its_written_file(demo_f32_path, prose_path, tmp_p
     assert 0.01 < sim.kld.kld_mean < 2.0 and sim.kld.ppl > sim.kld.ppl_base * 0.9
 
 
+def test_evaluation_does_not_depend_on_threads(demo_f32_path, prose_path):
+    """The base and the candidates run side by side (one thread each) or one after the other: the same
+    figures, to the bit, and the same per-token KLD."""
+    from core.plan import make_plan
+
+    base = open_model(demo_f32_path)
+    text, _ = read_text(prose_path)
+    chunks = prepare_chunks(base, text, n_ctx=64, n_chunks=2)
+    cands = [Candidate(t, plan=make_plan(base.tensors, base.metadata, t)) for t in ("Q4_0", "Q8_0")]
+    one = evaluate(base, cands, chunks, threads=1, keep_per_token=True)
+    three = evaluate(base, cands, chunks, threads=3, keep_per_token=True)
+    for a, b in zip(one, three):
+        assert a.kld.to_dict() == b.kld.to_dict()
+        np.testing.assert_array_equal(a.kld_per_token, b.kld_per_token)
+        np.testing.assert_array_equal(a.top_base, b.top_base)
+    assert one[0].kld.kld_mean > one[1].kld.kld_mean > 0
+
+
 def test_eval_cli_json_and_table(demo_f32_path, prose_path, capsys):
     assert main(["eval", demo_f32_path, "--preset", "Q8_0", "--type", "Q4_0", "--text", prose_path,
                  "--ctx", "64", "--chunks", "2", "--json", "--threads", "2"]) == 0
