@@ -14,17 +14,21 @@ from core.models import open_model
 from .conftest import open_model as open_in_studio
 
 
-@pytest.fixture(scope="module")
-def two_quants(tmp_path_factory, synthetic_path):
-    d = tmp_path_factory.mktemp("two")
+def _quants(folder, source: str, stem: str, option: str, choices) -> list[str]:
+    """``quant-studio quantize source folder/stem.C.gguf option C`` for each choice C; the files' paths."""
     out = []
-    for preset in ("Q4_K_M", "Q6_K"):
-        p = str(d / f"syn.{preset}.gguf")
-        r = subprocess.run([sys.executable, "-m", "core.cli", "quantize", synthetic_path, p, "--preset", preset],
+    for c in choices:
+        p = str(folder / f"{stem}.{c}.gguf")
+        r = subprocess.run([sys.executable, "-m", "core.cli", "quantize", source, p, option, c],
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         out.append(p)
     return out
+
+
+@pytest.fixture(scope="module")
+def two_quants(tmp_path_factory, synthetic_path):
+    return _quants(tmp_path_factory.mktemp("two"), synthetic_path, "syn", "--preset", ("Q4_K_M", "Q6_K"))
 
 
 def test_compare_view(qtbot, window, synthetic_path, two_quants, out_dir):
@@ -55,15 +59,7 @@ def test_compare_view(qtbot, window, synthetic_path, two_quants, out_dir):
 @pytest.fixture(scope="module")
 def demo_quants(tmp_path_factory, demo_path):
     """Q8_0 and Q4_0 of the demo model (a model with a vocabulary: the forward pass runs on it)."""
-    d = tmp_path_factory.mktemp("demo-two")
-    out = []
-    for t in ("Q8_0", "Q4_0"):
-        p = str(d / f"demo.{t}.gguf")
-        r = subprocess.run([sys.executable, "-m", "core.cli", "quantize", demo_path, p, "--type", t],
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr
-        out.append(p)
-    return out
+    return _quants(tmp_path_factory.mktemp("demo-two"), demo_path, "demo", "--type", ("Q8_0", "Q4_0"))
 
 
 def test_compare_view_evaluates_both_files(qtbot, window, demo_path, demo_quants, out_dir):

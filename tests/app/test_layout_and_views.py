@@ -235,29 +235,39 @@ def test_reset_layout_leaves_no_second_dock_tab_bar(qtbot, window):
     assert len(plan_bars) == 1, [t.geometry() for t in plan_bars]
 
 
-def test_statistics_go_on_while_the_selected_tensors_exact_candidates_are_computed(qtbot, window, demo_path):
+def test_statistics_go_on_while_the_selected_tensors_exact_candidates_are_computed(qtbot, window, demo_path,
+                                                                                  tmp_path):
     """The exact candidate pass of the selected tensor (seconds: every type over every row) used to hold
     the single analysis process, so the statistics stood still for 7-13 s after the first tensor. Now the
     pass runs one type per slice at the statistics' priority: both advance in turn."""
+    import shutil
+    import time
+    from core.preview import candidate_types
     from .conftest import open_model
     win = window
-    name = "blk.0.ffn_down.weight"
-    marks = []                                     # statistics progress each time an exact type arrives
+    # a copy of the demo: the worker processes outlive a test and key their preview cache by file, so the
+    # demo's own path may already have exact figures cached (then there is no exact pass to watch)
+    path = str(tmp_path / "demo-copy.gguf")
+    shutil.copy(demo_path, path)
+    marks = []                                     # (time, exact types, types, statistics done)
 
     def arrived(n, ms):
-        if n == name and any(m.exact for m in ms):
-            marks.append((sum(m.exact for m in ms), len(ms), win.s.stats_progress()[0]))
+        # the sampled pass posts its list type by type: count only whole lists with exact figures in them
+        if n == win.current and len(ms) == n_types(n) and any(m.exact for m in ms):
+            marks.append((time.monotonic(), sum(m.exact for m in ms), len(ms), win.s.stats_progress()[0]))
+
+    def n_types(n):
+        wanted = win.s.candidate_types
+        return sum(1 for t in candidate_types(win.s.source.tensor(n).row_len) if wanted is None or t.name in wanted)
 
     win.s.candidatesReady.connect(arrived)
-    open_model(qtbot, win, demo_path)
-    win.table.select(name)
-    qtbot.waitUntil(lambda: bool(marks) and marks[-1][0] == marks[-1][1], timeout=300000)
+    open_model(qtbot, win, path)                   # selects the first tensor, the token embedding (28 M weights)
+    qtbot.waitUntil(lambda: bool(marks) and marks[-1][1] == marks[-1][2], timeout=600000)
     win.s.candidatesReady.disconnect(arrived)
-    first, last = marks[0], marks[-1]
     total = win.s.stats_progress()[1]
-    assert first[1] >= 5, "the demo's tensor has several candidate types"
-    if first[2] < total:            # statistics still running when the exact pass began (always on 2 cores)
-        assert last[2] > first[2], f"statistics stood still during the exact pass: {marks}"
-        # and they advanced between most pairs of exact results, not in one burst at the end
-        steps = sum(b[2] > a[2] for a, b in zip(marks, marks[1:]))
-        assert steps >= min(3, len(marks) - 1), marks
+    assert marks[-1][2] >= 5 and len(marks) > 1, marks
+    # while statistics were still running, they advanced between (most) exact results, not only at the end
+    running = [(a, b) for a, b in zip(marks, marks[1:]) if a[3] < total]
+    if running:                                    # (always on 2 cores: the exact pass takes seconds)
+        advanced = sum(b[3] > a[3] for a, b in running)
+        assert advanced >= max(1, len(running) // 2), f"statistics stood still during the exact pass: {marks}"

@@ -44,6 +44,21 @@ def _flip_block(path: str, out: str, name: str) -> None:
         f.write(bytes(255 - b for b in block))
 
 
+
+def _swapped_copy(path: str, out: str, a: str, b: str) -> str:
+    """A copy of the GGUF at ``path`` with the data of tensors ``a`` and ``b`` (same size) swapped."""
+    m = open_model(path)
+    (oa, na), (ob, nb) = m.data_span(a), m.data_span(b)
+    assert na == nb
+    blob = open(path, "rb").read()
+    shutil.copy(path, out)
+    with open(out, "r+b") as f:
+        f.seek(oa)
+        f.write(blob[ob:ob + nb])
+        f.seek(ob)
+        f.write(blob[oa:oa + na])
+    return out
+
 def test_sound_file_passes_with_and_without_source(quants, synthetic_path):
     from core.verify import verify
 
@@ -67,17 +82,7 @@ def test_a_flipped_block_is_caught_and_named(quants, synthetic_path, tmp_path):
 def test_swapped_tensors_are_caught(quants, synthetic_path, tmp_path):
     """Two tensors of the same shape and type written in each other's place."""
     src = quants["Q6_K"]
-    bad = str(tmp_path / "swapped.gguf")
-    shutil.copy(src, bad)
-    m = open_model(src)
-    (oa, na), (ob, nb) = m.data_span("blk.0.ffn_up.weight"), m.data_span("blk.0.ffn_gate.weight")
-    assert na == nb
-    blob = open(src, "rb").read()
-    with open(bad, "r+b") as f:
-        f.seek(oa)
-        f.write(blob[ob:ob + nb])
-        f.seek(ob)
-        f.write(blob[oa:oa + na])
+    bad = _swapped_copy(src, str(tmp_path / "swapped.gguf"), "blk.0.ffn_up.weight", "blk.0.ffn_gate.weight")
     r = _cli("verify", bad, "--source", synthetic_path, "--json")
     rep = json.loads(r.stdout)
     assert r.returncode == 2 and not rep["ok"]
@@ -144,15 +149,7 @@ def test_iq2_xxs_defects_are_caught_with_and_without_weights(iq2, synthetic_path
     m = open_model(path)                                 # two IQ2_XXS tensors of one shape in each other's place
     a, b = next((x, y) for i, x in enumerate(iq) for y in iq[i + 1:]
                 if m.tensor(x).shape == m.tensor(y).shape)
-    swapped = str(tmp_path / "swapped.gguf")
-    shutil.copy(path, swapped)
-    (oa, na), (ob, nb) = m.data_span(a), m.data_span(b)
-    blob = open(path, "rb").read()
-    with open(swapped, "r+b") as f:
-        f.seek(oa)
-        f.write(blob[ob:ob + nb])
-        f.seek(ob)
-        f.write(blob[oa:oa + na])
+    swapped = _swapped_copy(path, str(tmp_path / "swapped.gguf"), a, b)
     r = _cli("verify", swapped, "--source", synthetic_path, "--json")
     assert r.returncode == 2 and {d.split(":")[0] for d in json.loads(r.stdout)["defects"]} == {a, b}
 
