@@ -74,6 +74,7 @@ class MainWindow(QMainWindow):
         self.preview = PreviewPanel(self.s)
         self.quantize = QuantizePanel(self.s)
         self.docks = {}
+        self._dock_shown: dict = {}           # dock -> shown (False behind another dock's tab: see focusNextPrevChild)
         for key, title, w, area in (("plan", "Plan", self.plan_panel, Qt.DockWidgetArea.RightDockWidgetArea),
                                     ("model", "Model", self.summary, Qt.DockWidgetArea.RightDockWidgetArea),
                                     ("preview", "Preview", self.preview, Qt.DockWidgetArea.BottomDockWidgetArea),
@@ -83,6 +84,7 @@ class MainWindow(QMainWindow):
             d.setWidget(scrolled(w))
             self.addDockWidget(area, d)
             self.docks[key] = d
+            d.visibilityChanged.connect(lambda shown, d=d: self._dock_shown.__setitem__(d, shown))
         self.tabifyDockWidget(self.docks["plan"], self.docks["model"])
         self.tabifyDockWidget(self.docks["preview"], self.docks["quantize"])
         self.docks["plan"].raise_()
@@ -647,6 +649,19 @@ class MainWindow(QMainWindow):
             self.resize(1500, 940)
         if state is not None:
             self._default_sizes = not self.restoreState(state)
+
+    def focusNextPrevChild(self, next: bool) -> bool:
+        """Tab and Shift+Tab skip the panels of docks hidden behind another dock's tab: Qt keeps those
+        'visible' (moved out of the window), and the focus would vanish into them."""
+        start = QApplication.focusWidget()
+        for _ in range(1000):
+            if not super().focusNextPrevChild(next):
+                return False
+            w = QApplication.focusWidget()
+            if w is start or w is None or not any(d.isAncestorOf(w) for d, shown in self._dock_shown.items()
+                                                  if not shown):
+                return True
+        return True
 
     def showEvent(self, ev) -> None:
         super().showEvent(ev)

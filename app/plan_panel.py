@@ -101,6 +101,7 @@ class PlanPanel(QWidget):
         self.rules.verticalHeader().setVisible(False)
         self.rules.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.rules.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.rules.setTabKeyNavigation(False)         # Tab leaves the table; the arrows move in it
         self.rules.setMaximumHeight(120)
         self.rule_pat = QLineEdit(placeholderText="e.g. ffn_down|attn_v")
         self.rule_lo = QSpinBox(minimum=-1, maximum=9999, value=-1, specialValueText="all")

@@ -11,8 +11,11 @@ Look at the pictures: a layout defect (a covered button, a cut label) shows ther
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,39 +33,94 @@ VIEWS = [("histogram", ("plan", "preview"), 0, False),
          ("error", ("plan", "preview"), 3, False)]
 
 
-def _free_display() -> int:
-    for n in range(99, 160):
-        if not os.path.exists(f"/tmp/.X11-unix/X{n}") and not os.path.exists(f"/tmp/.X{n}-lock"):
-            return n
-    raise RuntimeError("no free X display number")
+class XServerMissing(RuntimeError):
+    """Xvfb or openbox is not installed."""
+
+
+def _stop(proc: "subprocess.Popen | None") -> None:
+    """Stop a process started in its own session, with everything it started."""
+    if proc is None or proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _read_display(fd: int, xvfb: subprocess.Popen, timeout: float) -> int:
+    """The display number Xvfb writes on ``-displayfd`` once it accepts connections."""
+    got = b""
+    end = time.monotonic() + timeout
+    while not got.endswith(b"\n"):
+        if xvfb.poll() is not None:
+            raise RuntimeError(f"Xvfb exited with status {xvfb.returncode} before opening a display")
+        left = end - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"Xvfb opened no display within {timeout:.0f} s")
+        if select.select([fd], [], [], min(left, 0.5))[0]:
+            chunk = os.read(fd, 32)
+            if not chunk:
+                raise RuntimeError("Xvfb closed its -displayfd pipe without a display number")
+            got += chunk
+    return int(got)
+
+
+@contextlib.contextmanager
+def x_display(width: int = 1920, height: int = 1200, timeout: float = 60.0):
+    """A fresh Xvfb screen managed by openbox, for as long as the block runs; yields the environment
+    that runs a Qt program on it (``DISPLAY`` set, ``QT_QPA_PLATFORM=xcb``). Xvfb picks a free display
+    number itself (``-displayfd``: no race with another X server) and says so once it accepts
+    connections; openbox is ready when it runs its ``--startup`` command. Both are stopped, with their
+    process groups, however the block ends. Raises XServerMissing when either is not installed."""
+    missing = [t for t in ("Xvfb", "openbox") if shutil.which(t) is None]
+    if missing:
+        raise XServerMissing(f"{' and '.join(missing)} not found: apt-get install -y xvfb xauth openbox "
+                             "(packaging/bootstrap.sh installs them)")
+    xvfb = wm = None
+    scratch = tempfile.mkdtemp(prefix="qs-xvfb-")
+    read_fd, write_fd = os.pipe()
+    try:
+        xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24",
+                                 "-nolisten", "tcp"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        os.close(write_fd)
+        write_fd = -1
+        n = _read_display(read_fd, xvfb, timeout)
+        env = dict(os.environ, DISPLAY=f":{n}", QT_QPA_PLATFORM="xcb")
+        env.pop("WAYLAND_DISPLAY", None)
+        ready = os.path.join(scratch, "openbox-ready")
+        wm = subprocess.Popen(["openbox", "--sm-disable", "--startup", f"touch {ready}"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        end = time.monotonic() + timeout
+        while not os.path.exists(ready):
+            if wm.poll() is not None:
+                raise RuntimeError(f"openbox exited with status {wm.returncode} on display :{n}")
+            if time.monotonic() > end:
+                raise RuntimeError(f"openbox did not start within {timeout:.0f} s on display :{n}")
+            time.sleep(0.05)
+        yield env
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+        _stop(wm)
+        _stop(xvfb)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run_in_xvfb(argv: list[str], width: int = 1920, height: int = 1200) -> int:
     """Run this script with ``--here`` under a fresh Xvfb + openbox; both are stopped afterwards."""
-    for tool in ("Xvfb", "openbox"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found: apt-get install -y xvfb xauth openbox")
-    n = _free_display()
-    env = dict(os.environ, DISPLAY=f":{n}", QT_QPA_PLATFORM="xcb")
-    xvfb = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wm = None
     try:
-        for _ in range(100):                                  # the display is up when its socket is
-            if os.path.exists(f"/tmp/.X11-unix/X{n}"):
-                break
-            time.sleep(0.05)
-        wm = subprocess.Popen(["openbox"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        return subprocess.call([sys.executable, os.path.abspath(__file__), "--here"] + argv, env=env)
-    finally:
-        for p in (wm, xvfb):
-            if p is not None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        with x_display(width, height) as env:
+            return subprocess.call([sys.executable, os.path.abspath(__file__), "--here"] + argv, env=env)
+    except XServerMissing as e:
+        sys.exit(str(e))
 
 
 def capture(out: str, sizes: list[tuple[int, int]]) -> list[str]:
