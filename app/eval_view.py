@@ -223,8 +223,9 @@ class EvaluateDialog(QDialog):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.itemSelectionChanged.connect(self._selected)
-        from .plots import style_plot
+        from .plots import decade_axis, style_plot
         self.size_plot = pg.PlotWidget()
+        decade_axis(self.size_plot)
         style_plot(self.size_plot, self.dark)
         self.size_plot.setLabel("bottom", "size (MiB)")
         self.size_plot.setLabel("left", "mean KLD")

@@ -35,12 +35,36 @@ def style_plot(pw: pg.PlotWidget, dark: bool) -> None:
     pw.getPlotItem().titleLabel.setText(pw.getPlotItem().titleLabel.text, color=fg)
 
 
+class DecadeAxis(pg.AxisItem):
+    """An axis that, on a log scale spanning more than a decade, labels whole decades only (the 2..9 ticks
+    stay, unlabelled: on a small chart their labels ran into each other), and never rescales its labels
+    with an SI multiplier ("count (x1e+15)", "mean KLD (x0.001)" on a log axis only confused)."""
+
+    def __init__(self, orientation: str, **kw):
+        super().__init__(orientation, **kw)
+        self.enableAutoSIPrefix(False)
+
+    def logTickStrings(self, values, scale, spacing):
+        strings = super().logTickStrings(values, scale, spacing)
+        lo, hi = self.range
+        if abs(hi - lo) <= 1.0:
+            return strings
+        return [t if abs(v - round(v)) < 1e-6 else "" for v, t in zip(values, strings)]
+
+
+def decade_axis(plot, side: str = "left") -> None:
+    """Give ``plot`` (a PlotWidget or PlotItem) a :class:`DecadeAxis` on ``side`` (before its label is set)."""
+    pi = plot.getPlotItem() if hasattr(plot, "getPlotItem") else plot
+    pi.setAxisItems({side: DecadeAxis(side)})
+
+
 class _PlotPanel(QWidget):
     """A plot with a row of controls above it and a caption below."""
 
     def __init__(self, title: str, parent=None):
         super().__init__(parent)
         self.pw = pg.PlotWidget()
+        decade_axis(self.pw)
         self.pw.setTitle(title)
         # two tick levels, labels on the first: the axes are redrawn on every new tensor, and
         # their drawing (with grid lines across the plot) is most of a plot's repaint
@@ -105,7 +129,7 @@ class HistogramPlot(_PlotPanel):
         self.pw.setLabel("bottom", "weight value")
         self.pw.setLabel("left", "count")
         pi = self.pw.getPlotItem()
-        pi.addLegend(offset=(10, 10))
+        pi.addLegend(offset=(10, 10), colCount=2)      # two columns: half the height over the curve
         self.curve = pg.PlotDataItem(stepMode="center", pen=pg.mkPen(ACCENT, width=1.2),
                                      brush=pg.mkBrush(QColor(ACCENT).lighter(110).name() + "80"), name="weights")
         self.ov_curve = pg.PlotDataItem(stepMode="center", pen=pg.mkPen(OVERLAY, width=1.4), name="dequantized")
@@ -172,7 +196,7 @@ class HistogramPlot(_PlotPanel):
             # the sample's own counts, not scaled up to the tensor: one weight in a tail bin is drawn
             # as 1, so a type that adds no tails shows none (scaled, every lone sample value read ~500)
             self.ov_curve.setData(ov.hist_edges, np.maximum(ov.hist_counts.astype(np.float64), floor))
-            self._legend_name(self.ov_curve, f"after {self.overlay_type}: sample of {ov.n_finite:,} weights")
+            self._legend_name(self.ov_curve, f"after {self.overlay_type} (sample)")     # the caption says more
         self.ov_curve.setVisible(show_ov)
         self._draw_levels()
         has_sigma = math.isfinite(st.std) and st.std > 0
@@ -200,7 +224,7 @@ class HistogramPlot(_PlotPanel):
         if self.ov_curve.isVisible() and self.overlay is not None:
             top = max(top, float(self.overlay.hist_counts.max()))
         legend_h = pi.legend.boundingRect().height() + 10 + 8 if pi.legend is not None else 0.0   # + offset, gap
-        frac = min(0.7, legend_h / max(pi.vb.height(), 100.0))      # of the plot's height the legend takes
+        frac = min(0.5, legend_h / max(pi.vb.height(), 100.0))      # of the plot's height the legend takes
         if log:
             lo, hi = math.log10(0.5), math.log10(max(top, 1.0))
             pi.setYRange(lo, hi + (hi - lo) * frac / (1 - frac), padding=0.02)
@@ -216,7 +240,7 @@ class HistogramPlot(_PlotPanel):
             floor, top = (0.5 if log else 0.0), float(st.hist_counts.max())
             y1 = floor * (top / floor) ** LEVEL_TICK if log else LEVEL_TICK * top
             self.level_ticks.setData(np.repeat(lv.levels.astype(np.float64), 2), np.tile([floor, y1], lv.levels.size))
-            self._legend_name(self.level_ticks, f"{lv.label}: {lv.levels.size:,} values")
+            self._legend_name(self.level_ticks, f"{lv.type} levels: {lv.levels.size:,}")   # the tooltip says more
         self.level_ticks.setVisible(show)
         # what the ticks are, in the plot's tooltip: a caption line more would re-lay out the plot twice
         # per selected tensor (the caption grows when they come, shrinks with the next tensor)
@@ -567,6 +591,7 @@ class FrontierPlot(pg.PlotWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        decade_axis(self)
         self.setLabel("bottom", "size (MiB)")
         self.setLabel("left", "rel. RMSE (%)")
         self.setLogMode(False, True)

@@ -29,7 +29,7 @@ def test_level_ticks_are_the_levels_and_say_what_they_are(qtbot):
         xs, ys = h.level_ticks.getData()
         assert h.level_ticks.isVisible() and np.array_equal(xs[::2], lv.levels) and np.array_equal(xs[1::2], lv.levels)
         assert ys[0] == np.log10(0.5) and ys[1] > ys[0]           # from the floor up (drawn in log10)
-        assert _legend(h, h.level_ticks) == [f"{t} levels (typical block): {lv.levels.size:,} values"]
+        assert _legend(h, h.level_ticks) == [f"{t} levels: {lv.levels.size:,}"]
         assert f"values one block can take in {t}" in h.pw.toolTip()
     assert lv.levels.size == 16 and tensor_levels(x, "Q4_K").levels.size > 16
     h.show_levels.setChecked(False)
