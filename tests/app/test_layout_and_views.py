@@ -271,3 +271,32 @@ def test_statistics_go_on_while_the_selected_tensors_exact_candidates_are_comput
     if running:                                    # (always on 2 cores: the exact pass takes seconds)
         advanced = sum(b[3] > a[3] for a, b in running)
         assert advanced >= max(1, len(running) // 2), f"statistics stood still during the exact pass: {marks}"
+
+
+def test_log_axes_label_decades_only_and_never_rescale(qtbot):
+    """On the small log charts (plan totals at 1024x700, Evaluate's KLD vs size, the histogram's counts) the
+    2..9 tick labels ran into each other and an SI multiplier turned the axis into 'count (x1e+15)'."""
+    import numpy as np
+    from app.plots import FrontierPlot, HistogramPlot
+    from core.stats import compute_stats
+    f = FrontierPlot()
+    qtbot.addWidget(f)
+    f.resize(300, 200)
+    f.show()
+    f.plot([80.0, 100.0, 140.0], [0.3, 3.0, 40.0])
+    qtbot.wait(50)
+    ax = f.getPlotItem().getAxis("left")
+    lo, hi = ax.range
+    assert hi - lo > 1.0
+    levels = ax.tickValues(lo, hi, ax.height())
+    shown = [(v, t) for _, vs in levels for v, t in zip(vs, ax.tickStrings(vs, ax.scale, 1.0))]
+    assert shown and all((t == "") != (abs(v - round(v)) < 1e-6) for v, t in shown), shown
+    h = HistogramPlot()
+    qtbot.addWidget(h)
+    h.resize(330, 260)
+    h.show()
+    x = np.random.default_rng(3).standard_normal((512, 512)).astype(np.float32)
+    h.set_stats(compute_stats("w", x.shape, x))
+    qtbot.wait(50)
+    for axis in (h.pw.getPlotItem().getAxis("left"), ax):
+        assert not axis.autoSIPrefix and axis.autoSIPrefixScale == 1.0
