@@ -331,8 +331,7 @@ class Session(QObject, PreviewsMixin):
     def load_plan(self, path: str) -> None:
         """Load a plan JSON (the CLI's format); it must list this model's tensors."""
         from core.plan import Plan
-        with open(path, encoding="utf-8") as f:
-            plan = Plan.from_json(f.read())
+        plan = Plan.read(path)
         m = self.model
         names = {t.name for t in m.source.tensors}
         missing = [e.name for e in plan.entries if e.name not in names]

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 from .errors import Cancelled, OutputError, PlanError, QuantStudioError
+from .imatrix import imatrix_inputs
 from .job import run_plan
 from .plan import Plan, make_plan, predict_size
 from .progress import CancelToken, Progress, ProgressCallback, no_progress
@@ -116,17 +117,6 @@ def plan_label(plan: Plan) -> str:
     return plan.preset + ("-pure" if r.pure else "") + ("-custom" if custom else "")
 
 
-def read_plan(path: str) -> Plan:
-    """A plan saved as JSON (QuantStudioError naming the file when it cannot be read)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return Plan.from_json(f.read())
-    except OSError as e:
-        raise QuantStudioError(f"cannot read the plan: {e.strerror or e}", path) from None
-    except QuantStudioError as e:
-        raise QuantStudioError(e.message, path) from None
-
-
 def preset_item(name: str) -> BatchItem:
     from .presets import PRESETS
     if name not in PRESETS:
@@ -140,7 +130,7 @@ def plan_item(path: str) -> BatchItem:
     for ext in (".json", ".plan"):
         if label.lower().endswith(ext):
             label = label[:-len(ext)]
-    return BatchItem(label, plan=read_plan(path))
+    return BatchItem(label, plan=Plan.read(path))
 
 
 def batch_item(spec: Union[str, Plan, BatchItem]) -> BatchItem:
@@ -205,28 +195,10 @@ def output_paths(source_path: str, items: Sequence[BatchItem], folder: str, temp
 
 
 # ----------------------------------------------------------------------------- running
-def imatrix_inputs(source, plan: Plan, imatrix) -> tuple[Optional[dict], Optional[list], list[str]]:
-    """(importances for run_plan, the ``quantize.imatrix.*`` metadata, warnings) as ``quantize --imatrix``
-    passes them (PlanError for a mis-sized entry)."""
-    if imatrix is None:
-        return None, None, []
-    names = [e.name for e in plan.entries if e.quantize]
-    match = imatrix.match(source.tensors, names)
-    match.raise_for_errors()
-    # llama-imatrix never records the token embedding (a lookup, not a matrix product): not worth a warning
-    missing = [n for n in match.missing if n not in ("token_embd.weight", "per_layer_token_embd.weight")]
-    warn = [f"imatrix has no entry for {len(missing)} quantized tensors (first: {missing[0]})"] if missing else []
-    return (imatrix.arrays_for(source.tensors, names), imatrix.metadata(os.path.basename(imatrix.path or "")),
-            warn)
-
-
 def _plan_for(source, item: BatchItem, imatrix) -> Plan:
     if item.plan is not None:
         plan = item.plan
-        names, planned = {t.name for t in source.tensors}, {e.name for e in plan.entries}
-        if names != planned:
-            odd = sorted(names ^ planned)
-            raise PlanError(f"the plan does not fit this model: {len(odd)} tensors differ (first: '{odd[0]}')")
+        plan.check_fits(source.tensors)
     else:
         plan = make_plan(source.tensors, source.metadata,
                          PlanRules.make(item.preset, has_imatrix=imatrix is not None,
@@ -347,5 +319,4 @@ def _run_item(source, plan, r: ItemResult, imatrix, stream: _Stream, threads, ca
 
 
 __all__ = ["BatchItem", "BatchResult", "ItemResult", "DEFAULT_TEMPLATE", "batch_item", "file_name",
-           "imatrix_inputs", "model_name", "output_paths", "plan_item", "plan_label", "preset_item", "read_plan",
-           "run_batch"]
+           "model_name", "output_paths", "plan_item", "plan_label", "preset_item", "run_batch"]

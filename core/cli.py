@@ -208,19 +208,8 @@ def build_plan(src, args, imatrix=None):
         with open_model(args.recipe_from) as other:
             return recipe_plan(src, other, has_imatrix=imatrix is not None).plan
     if args.plan:
-        try:
-            with open(args.plan, encoding="utf-8") as f:
-                plan = Plan.from_json(f.read())
-        except OSError as e:
-            raise QuantStudioError(f"cannot read the plan: {e.strerror or e}", args.plan) from None
-        except QuantStudioError as e:
-            raise QuantStudioError(e.message, args.plan) from None
-        names = {t.name for t in src.tensors}
-        planned = {e.name for e in plan.entries}
-        if names != planned:
-            odd = sorted(names ^ planned)
-            raise QuantStudioError(f"the plan does not fit this model: {len(odd)} tensors differ (first: '{odd[0]}')",
-                                   args.plan)
+        plan = Plan.read(args.plan)
+        plan.check_fits(src.tensors, args.plan)
         return plan
     return make_plan(src.tensors, src.metadata, rules_from_args(args, imatrix is not None))
 
@@ -279,7 +268,7 @@ def _save_text(path: str, text: str) -> None:
 
 
 def _imatrix_inputs(src, plan, imatrix):
-    from .batch import imatrix_inputs
+    from .imatrix import imatrix_inputs
 
     importances, extra, warnings = imatrix_inputs(src, plan, imatrix)
     for w in warnings:
@@ -594,12 +583,7 @@ def _eval_candidates(src, args):
                  make_plan(src.tensors, src.metadata, PlanRules.make(writable(t, "--type"), pure=True,
                                                                      has_imatrix=imatrix is not None)))
     for path in args.plan:
-        try:
-            with open(path, encoding="utf-8") as f:
-                plan = Plan.from_json(f.read())
-        except OSError as e:
-            raise QuantStudioError(f"cannot read the plan: {e.strerror or e}", path) from None
-        add_plan(os.path.basename(path), plan)
+        add_plan(os.path.basename(path), Plan.read(path))
     if not cands:
         raise QuantStudioError("nothing to evaluate: give CANDIDATE.gguf files, --preset, --type or --plan")
     return cands

@@ -386,6 +386,22 @@ def _str_kv(key: str, value: str) -> KV:
 
 
 # -- reading ------------------------------------------------------------------------------
+def imatrix_inputs(source, plan, imatrix: Optional[ImatrixData]) -> tuple[Optional[dict], Optional[list], list[str]]:
+    """What a run of ``plan`` (a core.plan.Plan) over ``source`` takes from ``imatrix``, as ``quantize --imatrix``
+    passes it: (the importance weights per quantized tensor, the ``quantize.imatrix.*`` metadata, warnings);
+    PlanError for a mis-sized entry; (None, None, []) without an imatrix."""
+    if imatrix is None:
+        return None, None, []
+    names = [e.name for e in plan.entries if e.quantize]
+    match = imatrix.match(source.tensors, names)
+    match.raise_for_errors()
+    # llama-imatrix never records the token embedding (a lookup, not a matrix product): not worth a warning
+    missing = [n for n in match.missing if not _is_token_embd(n)]
+    warn = [f"imatrix has no entry for {len(missing)} quantized tensors (first: {missing[0]})"] if missing else []
+    return (imatrix.arrays_for(source.tensors, names), imatrix.metadata(os.path.basename(imatrix.path or "")),
+            warn)
+
+
 def load_imatrix(path: "str | os.PathLike") -> ImatrixData:
     """Read a GGUF or legacy ``.dat`` imatrix; SourceError (naming the file) when it cannot."""
     path = os.fspath(path)

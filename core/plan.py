@@ -179,6 +179,24 @@ class Plan:
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise PlanError(f"not a valid plan file: {e}") from None
 
+    @classmethod
+    def read(cls, path: str) -> "Plan":
+        """A plan saved as JSON; a QuantStudioError naming the file when it cannot be read or parsed."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_json(f.read())
+        except OSError as e:
+            raise QuantStudioError(f"cannot read the plan: {e.strerror or e}", path) from None
+        except QuantStudioError as e:
+            raise QuantStudioError(e.message, path) from None
+
+    def check_fits(self, tensors, path: Optional[str] = None) -> None:
+        """PlanError (naming ``path``, the plan's file) unless the plan lists exactly these tensors."""
+        names, planned = {t.name for t in tensors}, {e.name for e in self.entries}
+        if names != planned:
+            odd = sorted(names ^ planned)
+            raise PlanError(f"the plan does not fit this model: {len(odd)} tensors differ (first: '{odd[0]}')", path)
+
 
 # ----------------------------------------------------------------------------- building
 def rule_patterns(rules: PlanRules) -> list[Pattern]:

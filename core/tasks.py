@@ -336,10 +336,8 @@ def budget(ctx, path: str, kind: str, value: str, n_ctx: int = 4096, imatrix_pat
     cached or fresh measurements. Returns :func:`budget_solve`'s dict plus ``{"plan", "imatrix_path",
     "measurements", "log"}`` (the measurements let :func:`budget_solve` try other targets at once)."""
     from .budget import measure_for
-    from .imatrix import load_imatrix
     lines: list[str] = []
-    imatrix = load_imatrix(imatrix_path) if imatrix_path else None
-    meas, im = measure_for(source(path), imatrix, fast=fast, threads=threads or 2, progress=ctx.progress,
+    meas, im = measure_for(source(path), _imatrix(imatrix_path), fast=fast, threads=threads or 2, progress=ctx.progress,
                            log=lines.append, cancel=ctx.cancel)
     out = budget_solve(ctx, path, meas, im.path, kind, value, n_ctx, pins, allow, log=lines.append)
     return out | {"plan": out["result"].plan, "imatrix_path": im.path, "measurements": meas, "log": lines}
@@ -363,8 +361,10 @@ def compare_eval(ctx, source_path: str, a: str, b: str, text_path: Optional[str]
 _IMATRICES: dict = {}
 
 
-def _imatrix(path: str):
-    """This process's copy of the imatrix at ``path`` (read again when the file changed)."""
+def _imatrix(path: Optional[str]):
+    """This process's copy of the imatrix at ``path`` (read again when the file changed); None for None."""
+    if not path:
+        return None
     key = (path, _stamp(path))
     if key not in _IMATRICES:
         from .imatrix import load_imatrix
@@ -415,7 +415,7 @@ def budget_check(ctx, path: str, plan, imatrix_path: Optional[str] = None, threa
     simulated on held-out chunks of the built-in text."""
     from .budget import check_against_preset
     from .eval.run import read_text
-    return check_against_preset(source(path), plan, _imatrix(imatrix_path) if imatrix_path else None,
+    return check_against_preset(source(path), plan, _imatrix(imatrix_path),
                                 text=read_text(None)[0], threads=threads or 2, progress=ctx.progress)
 
 
@@ -425,5 +425,5 @@ def batch(ctx, path: str, items: Sequence, folder: str, template: str, imatrix_p
     ``folder`` and verified, one after another; posts each item's ItemResult as its state changes and
     returns the BatchResult."""
     from .batch import run_batch
-    return run_batch(source(path), items, folder, template, imatrix=_imatrix(imatrix_path) if imatrix_path else None,
+    return run_batch(source(path), items, folder, template, imatrix=_imatrix(imatrix_path),
                      overwrite=overwrite, threads=threads, progress=ctx.progress, cancel=ctx.cancel, on_item=ctx.post)
