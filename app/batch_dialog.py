@@ -18,10 +18,9 @@ from core.batch import DEFAULT_TEMPLATE, BatchItem, output_paths, plan_label
 from core.errors import QuantStudioError
 
 from . import fmt, plan_choices
-from .eval_view import _Progress
 from .quantize_panel import default_output_folder
 from .session import Session
-from .widgets import set_item_available
+from .widgets import EventProgressBar, set_item_available
 
 COLUMNS = ["Item", "File", "State", "Size", "bpw", "Time", "Verify"]
 STATE_COLORS = {"verified": "#30a46c", "defects": "#e5484d", "failed": "#e5484d"}
@@ -72,7 +71,7 @@ class BatchDialog(QDialog):
         top.addLayout(left)
         top.addLayout(form, 1)
 
-        self.progress = _Progress()
+        self.progress = EventProgressBar()
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)

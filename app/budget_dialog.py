@@ -26,7 +26,7 @@ from core.budget import DEFAULT_TYPES, bpw_grid, parse_pin, parse_size_text
 from core.errors import QuantStudioError
 
 from . import fmt
-from .eval_view import _Progress
+from .widgets import EventProgressBar
 from .plots import ACCENT, OVERLAY, WARN, FrontierPlot, _PlotPanel, style_plot
 from .session import Session
 from .workers import soon
@@ -197,7 +197,7 @@ class BudgetDialog(QDialog):
         self.check_btn.clicked.connect(self.evaluate)
         self.check = QLabel()
         self.check.setWordWrap(True)
-        self.progress = _Progress()
+        self.progress = EventProgressBar()
         self.status = QLabel("The first fit measures the model (its imatrix from the built-in text when none is "
                              "loaded, each tensor's error per type and how much the output reacts to each layer "
                              "and kind): minutes. The measurements are kept: any other target is then solved as "

@@ -19,7 +19,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDialog, QFileDialo
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from . import fmt
-from .eval_view import TextChooser, _Progress
+from .eval_view import TextChooser
+from .widgets import EventProgressBar
 from .session import Session
 
 COLUMNS = ["Layer", "Tensor", "A type", "A bpw", "B type", "B bpw", "A size", "B size", "A rel. RMSE", "B rel. RMSE"]
@@ -73,7 +74,7 @@ class CompareDialog(QDialog):
         self.eval_ctx.setToolTip("Tokens per chunk (llama-perplexity -c)")
         self.eval_chunks = QSpinBox(minimum=1, maximum=100000, value=8)
         self.eval_chunks.setToolTip("Chunks of the text evaluated (llama-perplexity --chunks)")
-        self.eval_progress = _Progress()
+        self.eval_progress = EventProgressBar()
         self.eval_btn = QPushButton("Evaluate")
         self.eval_btn.clicked.connect(self.evaluate)
         self.eval_cancel = QPushButton("Cancel")

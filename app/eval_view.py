@@ -17,12 +17,12 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QListWidget, QListWidgetItem,
-                               QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QSplitter,
+                               QMessageBox, QPlainTextEdit, QPushButton, QSpinBox, QSplitter,
                                QTableWidget, QTableWidgetItem, QTabWidget, QTextBrowser, QVBoxLayout, QWidget)
 
-from core.units import format_duration
 
 from . import fmt, plan_choices
+from .widgets import EventProgressBar
 from .session import Session
 
 BUILTIN = "Built-in text (prose, code, 16 languages)"
@@ -55,18 +55,6 @@ class TextChooser(QWidget):
         return self.edit.text().strip() or None
 
 
-class _Progress(QProgressBar):
-    def __init__(self):
-        super().__init__(maximum=1000)
-        self.setFormat("")
-
-    def show_event(self, ev) -> None:
-        self.setValue(int(1000 * ev.fraction))
-        eta = ev.eta
-        self.setFormat(f"{ev.stage} {100 * ev.fraction:.0f} %" + (f", {format_duration(eta)} left" if eta else "")
-                       + (f" — {ev.item}" if ev.item else ""))
-
-
 class CalibrateDialog(QDialog):
     """Text, context and chunks in; an imatrix file out (loaded into the plan at the end)."""
 
@@ -90,7 +78,7 @@ class CalibrateDialog(QDialog):
         form.addRow("Context:", self.ctx)
         form.addRow("Chunks:", self.chunks)
         form.addRow("Output:", self.output)
-        self.progress = _Progress()
+        self.progress = EventProgressBar()
         self.status = QLabel("The text runs through the model layer by layer; the sums of squared activations of "
                              "every matrix's inputs are written as llama-imatrix writes them.")
         self.status.setWordWrap(True)
@@ -188,7 +176,7 @@ class EvaluateDialog(QDialog):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
         self.cancel_btn.clicked.connect(self.cancel)
-        self.progress = _Progress()
+        self.progress = EventProgressBar()
         form = QFormLayout()
         form.addRow("Text:", self.text)
         row = QHBoxLayout()

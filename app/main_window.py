@@ -455,9 +455,8 @@ class MainWindow(QMainWindow):
     def load_plan(self, path: str) -> bool:
         try:
             self.s.load_plan(path)
-        except (QuantStudioError, OSError) as e:
-            self.show_error("Cannot load plan", e if isinstance(e, QuantStudioError) else
-                            QuantStudioError(e.strerror or str(e), path))
+        except QuantStudioError as e:                 # Plan.read names the file
+            self.show_error("Cannot load plan", e)
             return False
         self.status(f"Plan loaded from {path}")
         return True
@@ -505,59 +504,39 @@ class MainWindow(QMainWindow):
         return self.quantize.start()
 
     # -- compare, recipes, verify ---------------------------------------------------------------
+    def _show(self, attr: str, d):
+        """Show ``d`` (deleted when closed), kept as ``self.<attr>`` (tests and the screenshot script reach it)."""
+        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        d.show()
+        setattr(self, attr, d)
+        return d
+
+    def _model_open(self) -> bool:
+        if self.s.source is None:
+            self.status("Open a model first", 5000)
+        return self.s.source is not None
+
     def compare_dialog(self, a: str = "", b: str = ""):
         from .compare_view import CompareDialog
         if not a and self.s.source is not None and getattr(self.s.source, "kind", "") == "gguf":
             a = self.s.path
-        d = CompareDialog(self.s, self, a, b)
-        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        d.show()
-        self.compare_view = d
-        return d
+        return self._show("compare_view", CompareDialog(self.s, self, a, b))
 
     def calibrate_dialog(self):
-        if self.s.source is None:
-            self.status("Open a model first", 5000)
-            return None
         from .eval_view import CalibrateDialog
-        d = CalibrateDialog(self.s, self)
-        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        d.show()
-        self.calibrate_view = d
-        return d
+        return self._show("calibrate_view", CalibrateDialog(self.s, self)) if self._model_open() else None
 
     def budget_dialog(self):
-        if self.s.source is None:
-            self.status("Open a model first", 5000)
-            return None
         from .budget_dialog import BudgetDialog
-        d = BudgetDialog(self.s, self)
-        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        d.show()
-        self.budget_view = d
-        return d
+        return self._show("budget_view", BudgetDialog(self.s, self)) if self._model_open() else None
 
     def batch_dialog(self):
-        if self.s.source is None:
-            self.status("Open a model first", 5000)
-            return None
         from .batch_dialog import BatchDialog
-        d = BatchDialog(self.s, self)
-        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        d.show()
-        self.batch_view = d
-        return d
+        return self._show("batch_view", BatchDialog(self.s, self)) if self._model_open() else None
 
     def evaluate_dialog(self):
-        if self.s.source is None:
-            self.status("Open a model first", 5000)
-            return None
         from .eval_view import EvaluateDialog
-        d = EvaluateDialog(self.s, self)
-        d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        d.show()
-        self.evaluate_view = d
-        return d
+        return self._show("evaluate_view", EvaluateDialog(self.s, self)) if self._model_open() else None
 
     def _choose_gguf(self, title: str) -> str:
         path, _ = QFileDialog.getOpenFileName(self, title, self._last_dir(), "GGUF files (*.gguf);;All files (*)")

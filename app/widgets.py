@@ -69,6 +69,21 @@ class ProgressBar(QWidget):
         p.drawControl(QStyle.ControlElement.CE_ProgressBar, self._option())
 
 
+class EventProgressBar(ProgressBar):
+    """A ProgressBar (0..1000) fed core.progress events: "stage 42 %, 1 min left — item"."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent, fmt="")
+        self.setRange(0, 1000)
+
+    def show_event(self, ev) -> None:
+        from core.units import format_duration
+        self.setValue(int(1000 * ev.fraction))
+        eta = ev.eta
+        self.setFormat(f"{ev.stage} {100 * ev.fraction:.0f} %" + (f", {format_duration(eta)} left" if eta else "")
+                       + (f" — {ev.item}" if ev.item else ""))
+
+
 def scrolled(w: QWidget):
     """``w`` inside a frameless scroll area that scrolls only when its dock is smaller than ``w``'s
     minimum size: a small window keeps every control reachable instead of overlapping them."""
