@@ -226,8 +226,10 @@ class EvaluateDialog(QDialog):
         self.text_view.setPlaceholderText("The evaluated text, the tokens where the selected candidate disagrees "
                                           "with the base most highlighted")
         self.prompt = QLineEdit("The most important thing to know about")
+        self.gen_tokens = QSpinBox(minimum=1, maximum=512, value=32, suffix=" tokens")
+        self.gen_tokens.setToolTip("How many tokens each model appends (every token re-runs the whole model)")
         self.gen_btn = QPushButton("Continue")
-        self.gen_btn.setToolTip("Greedy continuation (32 tokens) by the base and the selected candidate")
+        self.gen_btn.setToolTip("Greedy continuation by the base and the selected candidate")
         self.gen_btn.clicked.connect(self.generate)
         self.base_out = QPlainTextEdit(readOnly=True)
         self.base_out.setPlaceholderText("The open model's continuation")
@@ -238,6 +240,7 @@ class EvaluateDialog(QDialog):
         pr = QHBoxLayout()
         pr.addWidget(QLabel("Prompt:"))
         pr.addWidget(self.prompt, 1)
+        pr.addWidget(self.gen_tokens)
         pr.addWidget(self.gen_btn)
         gl.addLayout(pr)
         outs = QSplitter()
@@ -436,7 +439,7 @@ class EvaluateDialog(QDialog):
         self.gen_btn.setEnabled(False)
         self.base_out.setPlainText("…")
         self.cand_out.setPlainText("…" if label else "(select a candidate in the table)")
-        h = self.gen_handle = self.s.generate(prompt, paths, plans)
+        h = self.gen_handle = self.s.generate(prompt, paths, plans, n_tokens=self.gen_tokens.value())
         base_label = os.path.basename(self.s.path)
 
         def show(out: dict, label=label) -> None:

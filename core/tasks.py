@@ -313,19 +313,32 @@ def evaluate(ctx, base_path: str, candidates: Sequence[dict], text_path: Optiona
 def generate(ctx, paths: Sequence[str], prompt: str, n_tokens: int = 32, plans: Optional[dict] = None,
              base_path: Optional[str] = None, threads: Optional[int] = None) -> dict:
     """Greedy continuations of ``prompt`` by each model of ``paths`` (and each simulated plan of ``plans``:
-    label -> (plan, importances), on ``base_path``'s weights): ``{label: text}``."""
+    label -> (plan, importances), on ``base_path``'s weights): ``{label: text}``. A plan is written once to a
+    temporary GGUF (what quantizing would write; deleted afterwards) and generates from there: each new
+    token re-runs the model, and re-quantizing every tensor per token would cost a whole quantization each."""
+    import tempfile
+
     from .eval.generate import greedy
-    from .eval.run import plan_weights
     from .eval.tokenizer import load_tokenizer
+    from .job import run_plan
+    from .models import open_model
+
     out = {}
-    jobs = [(os.path.basename(p), source(p), None) for p in paths]
-    for label, (plan, imp) in (plans or {}).items():
-        jobs.append((label, source(base_path), plan_weights(plan, imp, threads or 1)))
-    for label, src, weights in jobs:
+
+    def run(label: str, src) -> None:
         ctx.check()
         tok = load_tokenizer(src)
-        ids = greedy(src, tok.encode(prompt), n_tokens, weights=weights, threads=threads, cancel=ctx.cancel)
+        ids = greedy(src, tok.encode(prompt), n_tokens, threads=threads, cancel=ctx.cancel)
         out[label] = tok.decode(ids)
+
+    for p in paths:
+        run(os.path.basename(p), source(p))
+    for label, (plan, imp) in (plans or {}).items():
+        with tempfile.TemporaryDirectory(prefix="quant-studio-generate-") as tmp:
+            path = os.path.join(tmp, "plan.gguf")
+            run_plan(source(base_path), plan, path, threads=threads, importances=imp, cancel=ctx.cancel)
+            with open_model(path) as src:
+                run(label, src)
     return out
 
 

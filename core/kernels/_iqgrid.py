@@ -270,3 +270,85 @@ def record_best(rec, b, xs, xo, ws, wo, scale, q0, half, d2):
         return -1
     p = p0 + _U64(8) * m + _U64(2 * bj)
     return np.int64(rec[p]) | (np.int64(rec[p + _U64(1)]) << 8)
+
+
+# -- the same search, repeated on one record at other scales -------------------------------------
+_MARGIN = np.float64(2.0 ** -16)      # 16x the bound on a candidate's float32 rounding error (below)
+_TINY = np.float64(1e-37)             # covers subnormal results, whose error is absolute
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def record_moments(rec, b, xs, xo, ws, wo, A, B, ao):
+    """For the candidates q_j of the record at rec[b]: A[ao+j] = sum w*q_j^2 and B[ao+j] = sum w*x*q_j
+    (float64; q = the record's 2*l + 1), so that sum w*(s*q_j - x)^2 = s*(s*A_j - 2*B_j) + sum w*x^2
+    at any scale s (see :func:`record_best_again`)."""
+    m, n = record_counts(rec, b)
+    w0, w1, w2, w3 = np.float64(ws[wo]), np.float64(ws[wo + 1]), np.float64(ws[wo + 2]), np.float64(ws[wo + 3])
+    w4, w5, w6, w7 = np.float64(ws[wo + 4]), np.float64(ws[wo + 5]), np.float64(ws[wo + 6]), np.float64(ws[wo + 7])
+    v0, v1, v2, v3 = w0 * xs[xo], w1 * xs[xo + 1], w2 * xs[xo + 2], w3 * xs[xo + 3]
+    v4, v5, v6, v7 = w4 * xs[xo + 4], w5 * xs[xo + 5], w6 * xs[xo + 6], w7 * xs[xo + 7]
+    p0 = _U64(b) + _U64(8)
+    a0 = _U64(ao)
+    for j in range(m):
+        q0 = np.float64(rec[p0 + j])
+        q1 = np.float64(rec[p0 + m + j])
+        q2 = np.float64(rec[p0 + _U64(2) * m + j])
+        q3 = np.float64(rec[p0 + _U64(3) * m + j])
+        q4 = np.float64(rec[p0 + _U64(4) * m + j])
+        q5 = np.float64(rec[p0 + _U64(5) * m + j])
+        q6 = np.float64(rec[p0 + _U64(6) * m + j])
+        q7 = np.float64(rec[p0 + _U64(7) * m + j])
+        A[a0 + j] = (w0 * q0 * q0 + w1 * q1 * q1 + w2 * q2 * q2 + w3 * q3 * q3
+                     + w4 * q4 * q4 + w5 * q5 * q5 + w6 * q6 * q6 + w7 * q7 * q7)
+        B[a0 + j] = v0 * q0 + v1 * q1 + v2 * q2 + v3 * q3 + v4 * q4 + v5 * q5 + v6 * q6 + v7 * q7
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def record_best_again(rec, b, xs, xo, ws, wo, scale, d2, vals, A, B, ao, bound):
+    """:func:`record_best` (IQ2 records, q = 2*l + 1, x >= 0) from the record's moments
+    (:func:`record_moments`), for the many trial scales that meet the same off-grid code; the same answer.
+    Each candidate's value s*(s*A_j - 2*B_j) (its distance less the common sum w*x^2) is computed in
+    float64 (``vals``); a C float32 distance is within E = 2^-20 * sum w*(5|s| + x)^2 of the exact one (8
+    terms of at most 3 roundings each, summed in order), so only the candidates within 2E of the least
+    ("contenders") can be the C search's first minimum: with one contender that is the answer, with more
+    their float32 sums are computed in the C order among them. ``bound`` = (sum w, sum w*x, sum w*x^2) of
+    the 8 weights; E is taken 16x larger, plus a term for subnormal results. Non-finite or huge values
+    go to record_best itself (``d2`` its float32 scratch)."""
+    m, n = record_counts(rec, b)
+    s = np.float64(scale)
+    s5 = 5.0 * abs(s)
+    err = _MARGIN * (s5 * s5 * bound[0] + 2.0 * s5 * bound[1] + bound[2]) + _TINY
+    # one branch-free pass: the least value, where it first occurs, and the second least
+    vmin = np.inf
+    v2 = np.inf
+    bj = 0
+    a0 = _U64(ao)
+    for j in range(n):
+        v = s * (s * A[a0 + _U64(j)] - 2.0 * B[a0 + _U64(j)])
+        vals[j] = v
+        v2 = min(v2, max(v, vmin))
+        c = v < vmin
+        bj = j if c else bj
+        vmin = v if c else vmin
+    if not (err < 1e30 and abs(vmin) < 1e30):
+        return record_best(rec, b, xs, xo, ws, wo, scale, _F32(0.0), False, d2)
+    thr = vmin + 2.0 * err
+    if v2 <= thr:  # near-ties: the C code's float32 sums, in its order, among the contenders
+        mn = _FLT_MAX
+        bj = -1
+        p0 = _U64(b) + _U64(8)
+        for j in range(n):
+            if vals[j] > thr:
+                continue
+            jj = _U64(j)
+            e = _F32(0.0)
+            for i in range(8):
+                t = scale * _F32(rec[p0 + _U64(i) * m + jj]) - xs[xo + i]
+                e += ws[wo + i] * t * t
+            if e < mn:
+                mn = e
+                bj = j
+        if bj < 0:
+            return -1
+    p = _U64(b) + _U64(8) + _U64(8) * m + _U64(2 * bj)
+    return np.int64(rec[p]) | (np.int64(rec[p + _U64(1)]) << 8)

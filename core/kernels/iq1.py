@@ -30,7 +30,9 @@ missing grid point) these kernels write grid point 0 for that group.
 
 Speed: the neighbour searches run on the records of ``_iqgrid.encoder_tables``, 8 or 16
 candidates side by side as in :mod:`.iq2` (each candidate's sum in C order); the split
-searches are the C loops, with the per-``i1`` terms hoisted (same float operations).
+searches are the C loops, with the per-``i1`` terms hoisted (same float operations); IQ1_M computes
+each row of splits (one ``i1``) side by side and tests it against the best so far, walking the
+row in the C order only where some split passes (about one row in five).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from .floats import f16_bits_to_f32, f32_to_f16_bits, load_f16, store_f16
 from .iq2 import _code_u, _ni, _sumx2, need_imatrix
 
 _F32 = np.float32
+_U64 = np.uint64
 QK_K = 256
 _DELTA = np.float32(0.125)
 _EPS_IQ1_S = np.float32(1e-12)
@@ -331,8 +334,8 @@ def _quantize_iq1_m(x, qw, out, grid, rec_off, rec):
     index = np.empty(2, np.int64)
     scales = np.empty(16, np.float32)
     shifts = np.empty(16, np.int64)
-    sumqx = np.empty(4, np.float32)
-    sumq2 = np.empty(4, np.float32)
+    RX = np.empty(4 * 17, np.float32)     # one row of splits: sumqx, sumq2 of the 4 sign pairs
+    RQ = np.empty(4 * 17, np.float32)
     sc = np.zeros(4, np.int64)
     p2 = x_p[2]
     m2 = x_m[2]
@@ -385,31 +388,57 @@ def _quantize_iq1_m(x, qw, out, grid, rec_off, rec):
                 besti2 = -1
                 best_k = -1
                 for i1 in range(17):
-                    for i2 in range(i1, 17):
-                        sx0 = px[0, i1] + px[0, i2]
-                        sx1 = px[1, i1] + px[1, i2]
+                    # one row of splits (i1, i1..16) side by side, tested against the best so far; only a
+                    # row where some split passes is walked in the C order (the best changes there)
+                    nr = 17 - i1
+                    hx0 = px[0, i1]
+                    hx1 = px[1, i1]
+                    hp0 = tpw0 + pw[0, i1] * cp1
+                    hm0 = tmw0 + pw[0, i1] * cm1
+                    hp1 = tpw1 + pw[1, i1] * cp1
+                    hm1 = tmw1 + pw[1, i1] * cm1
+                    hit = 0
+                    for j in range(nr):
+                        i2 = i1 + j
+                        sx0 = hx0 + px[0, i2]
+                        sx1 = hx1 + px[1, i2]
                         qxp0 = tpx0 - sx0
                         qxm0 = tmx0 - sx0
                         qxp1 = tpx1 - sx1
                         qxm1 = tmx1 - sx1
-                        q2p0 = tpw0 + pw[0, i1] * cp1 + pw[0, i2] * cp2
-                        q2m0 = tmw0 + pw[0, i1] * cm1 + pw[0, i2] * cm2
-                        q2p1 = tpw1 + pw[1, i1] * cp1 + pw[1, i2] * cp2
-                        q2m1 = tmw1 + pw[1, i1] * cm1 + pw[1, i2] * cm2
-                        sumqx[0] = qxp0 + qxp1
-                        sumqx[1] = qxp0 + qxm1
-                        sumqx[2] = qxm0 + qxp1
-                        sumqx[3] = qxm0 + qxm1
-                        sumq2[0] = q2p0 + q2p1
-                        sumq2[1] = q2p0 + q2m1
-                        sumq2[2] = q2m0 + q2p1
-                        sumq2[3] = q2m0 + q2m1
+                        q2p0 = hp0 + pw[0, i2] * cp2
+                        q2m0 = hm0 + pw[0, i2] * cm2
+                        q2p1 = hp1 + pw[1, i2] * cp2
+                        q2m1 = hm1 + pw[1, i2] * cm2
+                        a0 = qxp0 + qxp1
+                        a1 = qxp0 + qxm1
+                        a2 = qxm0 + qxp1
+                        a3 = qxm0 + qxm1
+                        b0 = q2p0 + q2p1
+                        b1 = q2p0 + q2m1
+                        b2 = q2m0 + q2p1
+                        b3 = q2m0 + q2m1
+                        RX[j] = a0
+                        RX[17 + j] = a1
+                        RX[34 + j] = a2
+                        RX[51 + j] = a3
+                        RQ[j] = b0
+                        RQ[17 + j] = b1
+                        RQ[34 + j] = b2
+                        RQ[51 + j] = b3
+                    for j in range(_U64(68)):  # the 4 x 17 slots (those past nr hold older values: harmless)
+                        hit |= np.int32(RQ[j] > _F32(0.0)) & np.int32(RX[j] * RX[j] > best_score * RQ[j])
+                    if hit == 0:
+                        continue
+                    for j in range(nr):
                         for k in range(4):
-                            if sumq2[k] > _F32(0.0) and sumqx[k] * sumqx[k] > best_score * sumq2[k]:
-                                scale = sumqx[k] / sumq2[k]
-                                best_score = scale * sumqx[k]
+                            sqx = RX[17 * k + j]
+                            sq2 = RQ[17 * k + j]
+                            if sq2 > _F32(0.0) and sqx * sqx > best_score * sq2:
+                                scale = sqx / sq2
+                                best_score = scale * sqx
                                 besti1 = i1
-                                besti2 = i2
+                                besti2 = i1 + j
                                 best_k = k
                 if besti1 < 0 or besti2 < 0 or best_k < 0:
                     scales[ib] = _F32(0.0)

@@ -34,8 +34,12 @@ only looks its codes up and searches the neighbours of those off the grid. Each 
 code's candidates sit in one contiguous record (``_iqgrid.encoder_tables``), transposed and
 padded to a multiple of 8, and their distances are computed side by side
 (``_iqgrid.record_best``), each candidate's sum still in the C order; the first strict
-minimum is then picked as the C loop picks it. All float arithmetic is float32 in the C
-code's order (no FMA), ``nearest_int`` is ggml's bit trick.
+minimum is then picked as the C loop picks it. IQ2_XS / IQ2_S: consecutive trial scales mostly
+give a group the same code (82 % of trials on 4096-wide t-distributed rows), so a code's record
+gets its candidates' moments once and later trials pick the winner from those in float64 with
+a proven error margin (``_iqgrid.record_best_again``: the C float32 sums only on near-ties), and a
+trial whose grid points equal the previous trial's reuses its sums. All float arithmetic that
+decides an output is float32 in the C code's order (no FMA), ``nearest_int`` is ggml's bit trick.
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ from numba import njit
 from gguf.constants import GGMLQuantizationType as T
 
 from ..errors import PlanError
-from ._iqgrid import decode_grid, encoder_tables, ksigns, record_best
+from ._iqgrid import decode_grid, encoder_tables, ksigns, record_best, record_best_again, record_moments
 from .floats import load_f16, store_f16
 from .kquants import _make_qp_quants, _nint_f
 
@@ -129,6 +133,23 @@ def _grid_index(L, o, rec_off):
     if u >= rec_off.shape[0] or rec_off[u] >= 0:
         return 0
     return -np.int64(rec_off[u]) - 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _group_bound(xval, w, o, bounds, bo):
+    """(sum w, sum w*x, sum w*x^2) of the group at o, for record_best_again's error bound."""
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(8):
+        wi = np.float64(w[o + i])
+        xi = np.float64(xval[o + i])
+        s0 += wi
+        s1 += wi * xi
+        s2 += wi * xi * xi
+    bounds[bo] = s0
+    bounds[bo + 1] = s1
+    bounds[bo + 2] = s2
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -323,6 +344,13 @@ def _quantize_iq2_16(x, qw, out, grid, rec_off, rec, is_s):
     signs = np.empty(2, np.int64)
     on_grid = np.empty(2, np.bool_)
     on_aux = np.empty(2, np.bool_)
+    pu = np.empty(2, np.int64)        # per group: the previous trial's code, its rec_off, its grid point
+    pr = np.empty(2, np.int64)
+    pg = np.empty(2, np.int64)
+    A = np.empty(1024, np.float64)    # per group: the moments of its current record's candidates
+    B = np.empty(1024, np.float64)
+    vals = np.empty(512, np.float64)
+    bounds = np.empty(6, np.float64)
     eps = _GROUP_MAX_EPS_IQ2_S if is_s else _GROUP_MAX_EPS
     for r in range(nrows):
         for ibl in range(nbl):
@@ -358,12 +386,38 @@ def _quantize_iq2_16(x, qw, out, grid, rec_off, rec, is_s):
                 on_grid[0] = True
                 on_grid[1] = True
                 _trial_codes(xval, 16, mx, -9, 19, idvs, xrep, idrep, Lt)
+                for k in range(2):
+                    _group_bound(xval, waux, 8 * k, bounds, 3 * k)
                 bt = -1
+                pu[0] = -1
+                pu[1] = -1
+                sumqx = _F32(0.0)
+                sumq2 = _F32(0.0)
                 for t in range(19):
                     this_scale = _F32(1.0) / idvs[t]
+                    same = t > 0
                     for k in range(2):
-                        on_aux[k] = _resolve(xval, waux, 8 * k, this_scale, Lt, 16 * t + 8 * k, rec_off, rec, grid, d2)
-                    sumqx, sumq2 = _sum_q(weight, xval, Lt, 16 * t, 16)
+                        lo = 16 * t + 8 * k
+                        u = _code_u(Lt, lo)
+                        if u != pu[k]:  # a new code: its record's moments, for this and the next trials
+                            pu[k] = u
+                            pr[k] = rec_off[u]
+                            if pr[k] >= 0:
+                                record_moments(rec, pr[k], xval, 8 * k, waux, 8 * k, A, B, 512 * k)
+                        if pr[k] < 0:
+                            gi = -np.int64(pr[k]) - 1
+                            on_aux[k] = True
+                        else:
+                            gi = record_best_again(rec, pr[k], xval, 8 * k, waux, 8 * k, this_scale, d2, vals,
+                                                   A, B, 512 * k, bounds[3 * k:3 * k + 3])
+                            gi = 0 if gi < 0 else gi  # llama.cpp aborts here (NaN); keep going with point 0
+                            for i in range(8):
+                                Lt[lo + i] = (np.int64(grid[gi, i]) - 1) // 2
+                            on_aux[k] = False
+                        same = same and gi == pg[k]
+                        pg[k] = gi
+                    if not same:  # the same grid points as the trial before: the same sums
+                        sumqx, sumq2 = _sum_q(weight, xval, Lt, 16 * t, 16)
                     if sumq2 > _F32(0.0) and sumqx * sumqx > best * sumq2:
                         scale = sumqx / sumq2
                         best = scale * sumqx
