@@ -137,10 +137,25 @@ def _group_index(L, k, rec_off, rec, grid, xf, xo, weight, scale, xx, d2):
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _sorted_block(xb, n, keys, idx, tk, ti):
+    """idx = the order in which glibc's qsort (msort: stable) leaves the n values of xb. Without NaN
+    every stable sort gives that order, so each value's rank is counted side by side (values below it,
+    and equal ones before it: -0.0 equals 0.0 as in iq1_sort_helper) and placed; with a NaN, msort."""
+    nan = False
     for j in range(n):
-        keys[j] = xb[j]
-        idx[j] = j
-    _msort(keys, idx, tk, ti, n)
+        nan |= xb[j] != xb[j]
+    if nan:
+        for j in range(n):
+            keys[j] = xb[j]
+            idx[j] = j
+        _msort(keys, idx, tk, ti, n)
+        return
+    for i in range(n):
+        v = xb[i]
+        r = 0
+        for j in range(n):
+            u = xb[j]
+            r += np.int64(u < v) + np.int64((u == v) & (j < i))
+        idx[r] = i
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -322,7 +337,7 @@ def _quantize_iq1_m(x, qw, out, grid, rec_off, rec):
     x_p = np.array([-1.0 + 0.125, 0.125, 1.0 + 0.125], dtype=np.float32)
     x_m = np.array([-1.0 - 0.125, -0.125, 1.0 - 0.125], dtype=np.float32)
     masks = np.array([0x00, 0x80, 0x08, 0x88], dtype=np.int64)
-    weight = np.empty(16, np.float32)
+    wbl = np.empty(QK_K, np.float32)      # the super-block's weights
     d2 = np.empty(4096, np.float32)
     keys = np.empty(16, np.float32)
     idx = np.empty(16, np.int64)
@@ -353,6 +368,7 @@ def _quantize_iq1_m(x, qw, out, grid, rec_off, rec):
             sigma2 = _F32(2.0) * _sumx2(xbl) / _F32(QK_K)
             for ib in range(16):
                 xb = xbl[16 * ib:16 * ib + 16]
+                weight = wbl[16 * ib:16 * ib + 16]     # kept for the super-block's final pass
                 _iq1m_weights(xb, qw, QK_K * ibl + 16 * ib, sigma2, weight)
                 if _abs_max(xb, 16) < _EPS_IQ1_M:
                     scales[ib] = _F32(0.0)
@@ -489,7 +505,7 @@ def _quantize_iq1_m(x, qw, out, grid, rec_off, rec):
                 qh = np.int64(out[r, ob + 32 + ib]) | masks[shifts[ib]]
                 out[r, ob + 32 + ib] = qh
                 xb = xbl[16 * ib:16 * ib + 16]
-                _iq1m_weights(xb, qw, QK_K * ibl + 16 * ib, sigma2, weight)
+                weight = wbl[16 * ib:16 * ib + 16]
                 fl = _F32(2 * l + 1)
                 for k in range(2):
                     xx = x_p if (shifts[ib] < 2 if k == 0 else shifts[ib] % 2 == 0) else x_m
