@@ -365,6 +365,7 @@ class EvaluateDialog(QDialog):
         p = self.size_plot
         p.clear()
         res = self.data["results"]
+        spots: dict[tuple, list] = {}             # candidates at the same point share one label
         for kind, color, symbol in (("preset", (62, 142, 247), "o"), ("file", (245, 165, 36), "s"),
                                     ("current plan", (229, 72, 77), "star")):
             pts = [(e.size / 2 ** 20, max(e.kld.kld_mean, 1e-6), e.label) for e in res
@@ -375,9 +376,18 @@ class EvaluateDialog(QDialog):
             p.plot(xs, ys, pen=None, symbol=symbol, symbolSize=14 if kind == "current plan" else 9,
                    symbolBrush=color, name=kind)
             for x, y, lab in pts:
-                t = pg.TextItem(lab, anchor=(0, 1), color=color)
-                t.setPos(x, np.log10(y))
-                p.addItem(t)
+                spots.setdefault((round(x, 3), float(f"{y:.4g}")), []).append((x, y, lab, color))
+        if not spots:
+            return
+        xmid = (min(k[0] for k in spots) + max(k[0] for k in spots)) / 2
+        for group in spots.values():
+            x, y, _, color = group[0]
+            colors = {g[3] for g in group}
+            # right of the point in the left half, left of it in the right half: never cut at the edge
+            t = pg.TextItem(", ".join(g[2] for g in group), anchor=(0 if x <= xmid else 1, 1),
+                            color=color if len(colors) == 1 else self.palette().text().color())
+            t.setPos(x, np.log10(y))
+            p.addItem(t)
 
     def selected(self) -> Optional[int]:
         rows = {i.row() for i in self.table.selectedIndexes()}

@@ -58,6 +58,11 @@ def test_evaluate_plan_presets_and_a_file(qtbot, window, demo_path, prose_path, 
     d.table.selectRow(1)
     assert "<span" in d.text_view.toHtml() and "Q4_0" in d.dist_plot.getPlotItem().titleLabel.text
     assert len(d.size_plot.getPlotItem().listDataItems()) >= 3        # presets, file, current plan
+    # the Q8_0 preset and the Q8_0 file sit on one point: one label names both, none is drawn over another
+    import pyqtgraph as pg
+    texts = [i.toPlainText() for i in d.size_plot.getPlotItem().items if isinstance(i, pg.TextItem)]
+    assert sum("Q8_0" in t.split(", ") for t in texts) == 1
+    assert any("Q8_0" in t.split(", ") and "demo-q8_0.gguf" in t.split(", ") for t in texts), texts
     d.prompt.setText("The capital of France is")
     d.gen_tokens.setValue(6)
     d.generate()
