@@ -123,3 +123,31 @@ def test_worker_reopens_a_changed_file(tmp_path, synthetic_path):
     assert tasks.source(str(p)) is a
     os.utime(p, ns=(1, 1))                   # same content, another modification time
     assert tasks.source(str(p)) is not a
+
+
+def test_generate_task_writes_a_plan_once_and_leaves_nothing(demo_f32_path, tmp_path, monkeypatch):
+    """The prompt box's task: a simulated plan continues exactly as the file quantizing writes, and its
+    temporary file is gone afterwards."""
+    import os
+    import tempfile
+
+    from core import tasks
+    from core.eval.generate import greedy
+    from core.eval.tokenizer import load_tokenizer
+    from core.job import run_plan
+    from core.models import open_model
+    from core.plan import pure_plan
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    os.makedirs(tempfile.tempdir)
+    src = open_model(demo_f32_path)
+    plan = pure_plan(src.tensors, "Q4_0", "llama")
+    prompt = "The three primary colours are"
+    out = tasks.generate(Ctx(), [demo_f32_path], prompt, 6, {"Q4_0": (plan, None)}, demo_f32_path, threads=2)
+    assert os.listdir(tempfile.tempdir) == []
+    q4 = str(tmp_path / "q4.gguf")
+    run_plan(src, plan, q4, threads=2)
+    tok = load_tokenizer(src)
+    with open_model(q4) as m:
+        want = tok.decode(greedy(m, tok.encode(prompt), 6, threads=2))
+    assert out["Q4_0"] == want and out[os.path.basename(demo_f32_path)] != ""

@@ -112,37 +112,6 @@ def test_greedy_continuation_equals_llama_cpp(demo_f32_path):
     assert ours == want
 
 
-def test_generate_task_writes_a_plan_once_and_leaves_nothing(demo_f32_path, tmp_path, monkeypatch):
-    """The prompt box's task: a simulated plan continues exactly as the file quantizing writes, and its
-    temporary file is gone afterwards."""
-    import tempfile
-
-    from core import tasks
-    from core.job import run_plan
-    from core.plan import pure_plan
-    from core.progress import CancelToken
-
-    class Ctx:
-        cancel = CancelToken()
-
-        def check(self):
-            self.cancel.check()
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    os.makedirs(tempfile.tempdir)
-    src = open_model(demo_f32_path)
-    plan = pure_plan(src.tensors, "Q4_0", "llama")
-    prompt = "The three primary colours are"
-    out = tasks.generate(Ctx(), [demo_f32_path], prompt, 6, {"Q4_0": (plan, None)}, demo_f32_path, threads=2)
-    assert os.listdir(tempfile.tempdir) == []
-    q4 = str(tmp_path / "q4.gguf")
-    run_plan(src, plan, q4, threads=2)
-    tok = load_tokenizer(src)
-    with open_model(q4) as m:
-        want = tok.decode(greedy(m, tok.encode(prompt), 6, threads=2))
-    assert out["Q4_0"] == want and out[os.path.basename(demo_f32_path)] != ""
-
-
 @pytest.mark.parametrize("case", ["missing", "binary", "empty", "short"])
 def test_bad_text_is_one_clear_line(demo_f32_path, tmp_path, case):
     p = tmp_path / "t.txt"
